@@ -1,0 +1,146 @@
+// tally/tally.hpp — the embedding API: one object runs tally inside a program.
+//
+// Public header: standard library only (no CAF, hiredis or libpq types), so an
+// embedding program builds against it alone.
+//
+//   tally::config cfg;                       // defaults: local Redis, 2 shards
+//   cfg.redis_urls = {"redis://127.0.0.1:6379"};
+//   tally::runtime rt;
+//   if (auto err = rt.start(cfg)) { ... }    // error names the bad option
+//   tally::event ev;  ev.id(tally::field::key) = "k1";  ev.spend = 420;
+//   rt.record(ev);                           // never blocks; errc::backpressure when full
+//   rt.record_durable(ev).get();             // waits until the batch is in Redis
+//   rt.stop();                               // drains queues, writes the last batch
+#pragma once
+
+#include "tally/event.hpp"
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <future>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace tally {
+
+/// Everything the runtime needs, validated by runtime::start.
+struct config {
+  /// Namespace: every Redis key is `{tally:<ns>}:...`; one lease per namespace.
+  std::string ns = "default";
+  /// This instance's id in batch ids and the registry; empty = "<host>-<pid>".
+  std::string instance_id;
+  /// Redis databases as `redis://[:password@]host:port[/db]`; the first that
+  /// answers is written to (multi-database failover comes with its issue).
+  std::vector<std::string> redis_urls = {"redis://127.0.0.1:6379"};
+  /// libpq connection string (URI or keywords); empty = no flushing here.
+  std::string postgres_url;
+  /// Schema holding tally's tables.
+  std::string pg_schema = "public";
+
+  /// Aggregator shards (actors); 0 = one per core.
+  uint32_t shards = 0;
+  /// Events each shard queue holds before record() pushes back.
+  uint32_t queue_capacity = 1u << 16;
+  /// Distinct aggregation keys a shard holds per interval before it stops
+  /// draining its queue (which then fills and pushes back).
+  uint32_t max_keys_per_shard = 1u << 18;
+  /// Distinct identifiers the process can hold (power of two is used).
+  uint32_t intern_capacity = 1u << 22;
+  /// CAF scheduler threads; 0 = number of cores.
+  uint32_t worker_threads = 0;
+
+  /// How often aggregates become a stage-1 batch.
+  std::chrono::milliseconds buffer_interval{1000};
+  /// Largest encoded batch; bigger merges are split.
+  uint32_t max_batch_bytes = 1u << 20;
+  /// Encoded batches kept in memory while Redis is unreachable; past it the
+  /// shards stop draining and record() pushes back.
+  uint32_t max_pending_batches = 1024;
+  /// Connect and command timeout of every Redis call.
+  std::chrono::milliseconds redis_timeout{1000};
+  /// First and largest delay between retries of a failed stage-1 write.
+  std::chrono::milliseconds retry_backoff_min{50};
+  std::chrono::milliseconds retry_backoff_max{2000};
+
+  /// Stage 2 (flush supervisor); used when postgres_url is set.
+  std::chrono::milliseconds flush_interval{1000};
+  std::chrono::milliseconds lease_ttl{10000};
+  std::chrono::milliseconds lock_timeout{5000};
+  std::chrono::milliseconds statement_timeout{30000};
+  std::chrono::hours applied_retention{24 * 7};
+  /// A batch this instance wrote but has not seen applied is pushed again
+  /// after this long (producer retention, design §6).
+  std::chrono::milliseconds repush_after{60000};
+};
+
+/// Checks bounds and cross-field rules; the message names the option.
+/// Returns an empty string when `cfg` is valid.
+std::string validate(const config& cfg);
+
+/// Counters for metrics and tests; each is a snapshot read without locks.
+struct stats {
+  uint64_t events_accepted = 0;
+  uint64_t events_rejected = 0;       // validation errors (all reasons)
+  uint64_t events_backpressured = 0;  // record() calls refused with backpressure
+  uint64_t batches_written = 0;       // stage-1 LPUSHes that succeeded
+  uint64_t batch_bytes_written = 0;
+  uint64_t stage1_failures = 0;       // failed stage-1 write attempts
+  uint64_t pending_batches = 0;       // encoded, not yet in Redis
+  uint64_t queue_depth = 0;           // events in shard queues (approximate)
+  uint64_t flushes = 0;               // committed flush transactions
+  uint64_t rows_upserted = 0;
+  uint64_t duplicate_batches = 0;     // batch ids already applied, skipped
+  uint64_t dead_lettered = 0;
+  uint64_t lease_held = 0;            // 1 while this instance is the leader
+  uint64_t epoch = 0;                 // fencing epoch of the last lease taken
+};
+
+/// The embedded tally: aggregator shards, stage-1 writer, and (with a
+/// Postgres URL) the flush supervisor. Thread-safe: record() may be called
+/// from any number of threads at once; start() and stop() from one.
+class runtime {
+public:
+  runtime();
+  ~runtime();  // calls stop()
+  runtime(const runtime&) = delete;
+  runtime& operator=(const runtime&) = delete;
+
+  /// Validates `cfg`, starts the actor system and every actor. Returns an
+  /// empty string on success, else a message naming the problem.
+  std::string start(const config& cfg);
+
+  /// Validates and enqueues one event. Never blocks. errc::ok when taken;
+  /// a validation error (with its field), errc::backpressure when memory is
+  /// full, errc::stopped after stop(). A refused event is not counted.
+  field_error record(const event& ev) noexcept;
+
+  /// Like record(), but the future completes once the event's batch is in
+  /// Redis (errc::ok), or with the reason it was refused. While durable
+  /// records wait, the writer writes back to back (group commit).
+  std::future<field_error> record_durable(const event& ev);
+
+  /// Callback form of record_durable; `done` runs on a tally thread.
+  void record_durable(const event& ev, std::function<void(field_error)> done);
+
+  /// Refuses new events, drains every queue, writes the final batch, stops
+  /// the flush supervisor (releasing the lease) and joins all threads.
+  /// Returns after everything accepted is in Redis, or `deadline` passed
+  /// (then the unwritten batches are reported in the log and stats).
+  void stop(std::chrono::milliseconds deadline = std::chrono::seconds(30));
+
+  /// The instance id in use (config or generated).
+  const std::string& instance_id() const noexcept;
+
+  stats snapshot() const noexcept;
+
+  /// Internal: the implementation, for tallyd's network layer.
+  struct impl;
+  impl* internals() noexcept { return impl_.get(); }
+
+private:
+  std::unique_ptr<impl> impl_;
+};
+
+} // namespace tally
