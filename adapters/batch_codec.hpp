@@ -1,0 +1,77 @@
+// adapters/batch_codec.hpp — the stage-1 batch record (design §6).
+//
+// A batch is what one instance writes to Redis per buffer interval: a unique
+// id `<instance>:<seq>`, its creation time and, per rollup table, the merged
+// delta rows. Wire format, little-endian, version 1:
+//
+//   "TLYB" | u8 version=1 | u8 flags=0 | u16 reserved | u32 payload_len |
+//   u64 XXH3-64 of payload | payload
+//   payload = str id | i64 created_ms | u16 tables |
+//             per table: str name | u8 nkeys | str key_col* | u8 nmeasures |
+//                        str measure_col* | u32 rows |
+//                        per row: str key* | zigzag-varint128 measure*
+//   str = u16 length | bytes
+//
+// The decoder checks everything (magic, version, length, checksum, every
+// bound) and returns an error instead of guessing; a batch that fails goes to
+// the dead-letter list, never silently away.
+#pragma once
+
+#include "core/result.hpp"
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace tally::adapters {
+
+enum class codec_errc : int {
+  ok = 0,
+  too_short,        // fewer bytes than a header
+  bad_magic,        // not a tally batch
+  unknown_version,  // written by a newer tally
+  bad_length,       // header length disagrees with the bytes
+  bad_checksum,     // payload corrupted
+  truncated,        // a field runs past the end of the payload
+  malformed,        // counts or lengths out of bounds, trailing bytes
+};
+const char* to_string(codec_errc code) noexcept;
+
+inline constexpr uint8_t batch_format_version = 1;
+
+struct batch_row {
+  std::vector<std::string> keys;   // one per key column
+  std::vector<__int128> values;    // one per measure column
+};
+
+struct batch_table {
+  std::string name;
+  std::vector<std::string> key_columns;
+  std::vector<std::string> measure_columns;
+  std::vector<batch_row> rows;
+};
+
+struct batch {
+  std::string id;          // "<instance>:<seq>"
+  int64_t created_ms = 0;
+  std::vector<batch_table> tables;
+
+  size_t row_count() const noexcept;
+};
+
+/// Encodes `b` (never fails: the writer only builds valid batches).
+std::string encode_batch(const batch& b);
+
+/// Decodes and verifies one encoded batch.
+result<batch> decode_batch(std::string_view bytes);
+
+/// Reads only the id of an encoded batch (after verifying its checksum).
+result<std::string> peek_batch_id(std::string_view bytes);
+
+/// Splits `b` so no part encodes to more than about `max_bytes` (a single
+/// row larger than that still gets a batch of its own). Parts keep b's
+/// tables and order; ids are left empty for the caller to assign.
+std::vector<batch> split_batch(batch b, size_t max_bytes);
+
+} // namespace tally::adapters
