@@ -1,0 +1,161 @@
+// actors/ingest.cpp — the hot path. See ingest.hpp for the protocol.
+#include "actors/ingest.hpp"
+
+#include "actors/atoms.hpp"
+
+#include <caf/all.hpp>
+
+#include <chrono>
+#include <thread>
+
+namespace tally {
+
+namespace {
+
+std::atomic<uint64_t> next_generation{1};
+
+int64_t now_ms() noexcept {
+  using namespace std::chrono;
+  return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
+}
+
+/// A thread's cached slot per live ingest_state. A thread that records into
+/// several runtimes (tests do) keeps a few entries; generations never repeat,
+/// so a stale entry of a destroyed runtime is never matched.
+struct slot_cache_entry {
+  uint64_t generation = 0;
+  producer_slot* slot = nullptr;
+};
+thread_local slot_cache_entry slot_cache[4];
+thread_local unsigned slot_cache_next = 0;
+
+} // namespace
+
+ingest_state::ingest_state(const config& c, uint32_t shard_count)
+  : ids(c.intern_capacity), cfg(c), generation_(next_generation.fetch_add(1)) {
+  for (uint32_t i = 0; i < shard_count; ++i)
+    shards.push_back(std::make_unique<shard>(c.queue_capacity));
+}
+
+ingest_state::~ingest_state() {
+  // Tokens point into their queues: they go first.
+  slots_.clear();
+}
+
+producer_slot& ingest_state::my_slot() {
+  for (auto& e : slot_cache)
+    if (e.generation == generation_)
+      return *e.slot;
+  std::lock_guard<std::mutex> guard{slots_mutex_};
+  uint32_t index = next_shard_.fetch_add(1) % shards.size();
+  slots_.push_back(std::make_unique<producer_slot>(*shards[index], index));
+  auto& entry = slot_cache[slot_cache_next++ % 4];
+  entry = {generation_, slots_.back().get()};
+  return *slots_.back();
+}
+
+void ingest_state::wake(shard& s) noexcept {
+  // Pairs with the aggregator's "sleeping = true; fence; recheck queue": one
+  // of the two always sees the other, so no event is stranded asleep.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (s.sleeping.load(std::memory_order_relaxed) && s.sleeping.exchange(false))
+    caf::anon_send(s.aggregator, wake_atom::value);
+}
+
+field_error ingest_state::record(const event& ev) noexcept {
+  producer_slot* slot;
+  try {
+    slot = &my_slot();
+  } catch (...) {
+    return {errc::backpressure, field::none};  // out of memory for a first-time thread
+  }
+  slot->active.store(true, std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_seq_cst);  // pairs with close()
+  struct leave {
+    producer_slot* s;
+    ~leave() { s->active.store(false, std::memory_order_release); }
+  } guard{slot};
+  if (closed_.load(std::memory_order_relaxed))
+    return {errc::stopped, field::none};
+
+  if (auto err = validate(ev)) {
+    slot->rejected.fetch_add(1, std::memory_order_relaxed);
+    return err;
+  }
+  queued_event q;
+  for (int i = 0; i < id_field_count; ++i) {
+    uint32_t id = ids.intern(ev.ids[i]);
+    if (id == intern_table::npos)
+      return {errc::intern_full, static_cast<field>(i)};
+    q.key.ids[i] = id;
+  }
+  int64_t ts = ev.ts_ms != 0 ? ev.ts_ms : now_ms();
+  q.key.minute = static_cast<uint32_t>(ts / 60000);
+  q.ok = ev.ok ? 1 : 0;
+  q.spend = ev.spend;
+  q.prompt_tokens = ev.prompt_tokens;
+  q.completion_tokens = ev.completion_tokens;
+  q.cache_read_tokens = ev.cache_read_tokens;
+  q.cache_creation_tokens = ev.cache_creation_tokens;
+  if (!slot->home->queue.try_enqueue(slot->token, q)) {
+    slot->backpressured.fetch_add(1, std::memory_order_relaxed);
+    return {errc::backpressure, field::none};
+  }
+  slot->accepted.store(slot->accepted.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  wake(*slot->home);
+  return {};
+}
+
+field_error ingest_state::record_durable(const event& ev, std::function<void(field_error)> done) {
+  auto err = record(ev);
+  if (err) {
+    done(err);
+    return err;
+  }
+  // The ticket goes in after its event: when the writer sees the ticket, the
+  // event is already in a shard queue, and the writer's next swap drains it.
+  tickets.enqueue(durable_ticket{std::move(done)});
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (writer_sleeping.load(std::memory_order_relaxed) && writer_sleeping.exchange(false))
+    caf::anon_send(writer, tickets_atom::value);
+  return {};
+}
+
+void ingest_state::close() noexcept {
+  closed_.store(true, std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  std::vector<producer_slot*> snapshot;
+  {
+    std::lock_guard<std::mutex> guard{slots_mutex_};
+    for (auto& s : slots_)
+      snapshot.push_back(s.get());
+  }
+  for (auto* s : snapshot)
+    while (s->active.load(std::memory_order_acquire))
+      std::this_thread::yield();
+}
+
+void ingest_state::add_counters(stats& out) const noexcept {
+  {
+    std::lock_guard<std::mutex> guard{const_cast<std::mutex&>(slots_mutex_)};
+    for (auto& s : slots_) {
+      out.events_accepted += s->accepted.load(std::memory_order_relaxed);
+      out.events_rejected += s->rejected.load(std::memory_order_relaxed);
+      out.events_backpressured += s->backpressured.load(std::memory_order_relaxed);
+    }
+  }
+  for (auto& s : shards)
+    out.queue_depth += s->queue.size_approx();
+  out.batches_written += counters.batches_written.load();
+  out.batch_bytes_written += counters.batch_bytes_written.load();
+  out.stage1_failures += counters.stage1_failures.load();
+  out.pending_batches += counters.pending_batches.load();
+  out.flushes += counters.flushes.load();
+  out.rows_upserted += counters.rows_upserted.load();
+  out.duplicate_batches += counters.duplicate_batches.load();
+  out.dead_lettered += counters.dead_lettered.load();
+  out.lease_held += counters.lease_held.load();
+  out.epoch += counters.epoch.load();
+}
+
+} // namespace tally

@@ -1,0 +1,123 @@
+// actors/ingest.hpp — the memory the hot path shares with the actors.
+//
+// Producers (embedding threads, connection actors) validate an event, intern
+// its ids and push one fixed-size queued_event onto a shard's lock-free queue
+// with their own producer token. Each shard is drained by one aggregator
+// actor. A producer wakes the aggregator only when it finds it asleep (one
+// CAF message per empty -> non-empty transition, never per event).
+//
+// Order of use: ingest_state is built by the runtime, aggregators and the
+// buffer writer are spawned with a pointer to it, producers call
+// ingest_state::record; the runtime destroys it after every actor is gone.
+#pragma once
+
+#include "core/flat_map.hpp"
+#include "core/intern_table.hpp"
+#include "core/rollup.hpp"
+#include "tally/tally.hpp"
+
+#include <caf/fwd.hpp>
+#include <caf/actor.hpp>
+#include <concurrentqueue/concurrentqueue.h>
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+namespace tally {
+
+/// One event as it travels from producer to aggregator: 96 bytes, no pointers.
+struct queued_event {
+  agg_key key;
+  uint8_t ok;
+  int64_t spend;
+  int64_t prompt_tokens;
+  int64_t completion_tokens;
+  int64_t cache_read_tokens;
+  int64_t cache_creation_tokens;
+};
+
+using agg_map = flat_map<agg_key, measure_values>;
+using agg_map_ptr = std::shared_ptr<agg_map>;
+
+struct shard {
+  // The queue preallocates `capacity` slots shared by all producers; try_enqueue
+  // never allocates, so a full queue is backpressure, not growth.
+  explicit shard(size_t capacity) : queue(capacity) {}
+  moodycamel::ConcurrentQueue<queued_event> queue;
+  alignas(64) std::atomic<bool> sleeping{true};  // aggregator waits for a wake message
+  caf::actor aggregator;
+};
+
+/// A durable record waiting for its batch to reach Redis.
+struct durable_ticket {
+  std::function<void(field_error)> done;
+};
+
+/// Per producer thread: its token and its counters (written by that thread
+/// only, read by snapshots), on their own cache lines.
+struct alignas(64) producer_slot {
+  producer_slot(shard& s, uint32_t index) : home(&s), token(s.queue), shard_index(index) {}
+  shard* home;
+  moodycamel::ProducerToken token;
+  uint32_t shard_index;
+  std::atomic<bool> active{false};  // inside record(); stop() waits for false
+  std::atomic<uint64_t> accepted{0};
+  std::atomic<uint64_t> rejected{0};
+  std::atomic<uint64_t> backpressured{0};
+};
+
+/// Counters written by actors (few writes per interval).
+struct pipeline_counters {
+  std::atomic<uint64_t> batches_written{0};
+  std::atomic<uint64_t> batch_bytes_written{0};
+  std::atomic<uint64_t> stage1_failures{0};
+  std::atomic<uint64_t> pending_batches{0};
+  std::atomic<uint64_t> flushes{0};
+  std::atomic<uint64_t> rows_upserted{0};
+  std::atomic<uint64_t> duplicate_batches{0};
+  std::atomic<uint64_t> dead_lettered{0};
+  std::atomic<uint64_t> lease_held{0};
+  std::atomic<uint64_t> epoch{0};
+};
+
+class ingest_state {
+public:
+  ingest_state(const config& cfg, uint32_t shard_count);
+  ~ingest_state();
+
+  /// The hot path: validate, intern, enqueue. Never blocks.
+  field_error record(const event& ev) noexcept;
+
+  /// record() plus a ticket completed when the event is in Redis.
+  field_error record_durable(const event& ev, std::function<void(field_error)> done);
+
+  /// Refuses new events and waits until no producer is inside record().
+  void close() noexcept;
+  bool closed() const noexcept { return closed_.load(std::memory_order_acquire); }
+
+  /// Sum of all producer counters and queue depths into `out`.
+  void add_counters(stats& out) const noexcept;
+
+  std::vector<std::unique_ptr<shard>> shards;
+  intern_table ids;
+  moodycamel::ConcurrentQueue<durable_ticket> tickets;
+  alignas(64) std::atomic<bool> writer_sleeping{true};  // coalesces ticket wake-ups
+  caf::actor writer;
+  pipeline_counters counters;
+  const config cfg;
+
+private:
+  producer_slot& my_slot();
+  void wake(shard& s) noexcept;
+
+  const uint64_t generation_;
+  std::atomic<bool> closed_{false};
+  std::mutex slots_mutex_;  // only when a thread records for the first time
+  std::vector<std::unique_ptr<producer_slot>> slots_;
+  std::atomic<uint32_t> next_shard_{0};
+};
+
+} // namespace tally
