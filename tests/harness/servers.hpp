@@ -1,0 +1,142 @@
+// tests/harness/servers.hpp — real redis-server and postgres for tests.
+//
+// Each server runs on a free loopback port in its own temp dir, is waited for
+// with a deadline, and is torn down (SIGKILL if SIGTERM does not do) when the
+// object dies, whatever the test did. postgres refuses to run as root: when
+// root, initdb and postgres run as the `postgres` user (its data dir is
+// chowned to it). A server that cannot be started is a hard failure
+// (std::runtime_error with the server's log tail), never a skip.
+//
+// Children are started with PR_SET_PDEATHSIG(SIGKILL), so a test binary that
+// crashes does not leak servers. The kernel sends that signal when the
+// *thread* that spawned the child exits: create servers on a thread that
+// outlives them (the gtest main thread, a fixture), not on a short-lived one.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <sys/types.h>
+#include <vector>
+
+namespace tally::testing {
+
+/// Returns a TCP port that was free on 127.0.0.1 a moment ago.
+int free_port();
+
+/// Returns whether something accepts TCP connections on 127.0.0.1:port now.
+bool port_open(int port);
+
+/// Returns whether `pid` names a live process (a zombie counts as dead).
+bool process_exists(pid_t pid);
+
+/// One reply read by redis_command. Arrays are not supported (it throws).
+struct resp_reply {
+  char type = 0;        // '+' simple string, '-' error, ':' integer, '$' bulk
+  std::string value;    // without the type byte and CRLF
+  bool nil = false;     // '$' with length -1
+};
+
+/// Sends one command as raw RESP on a fresh connection to 127.0.0.1:port
+/// (AUTH first when `password` is set) and returns the reply. Throws
+/// std::runtime_error when it cannot connect or the reply is not complete
+/// within `timeout`. Independent of hiredis on purpose: the harness must not
+/// depend on the client it helps to test.
+resp_reply redis_command(int port, const std::vector<std::string>& args,
+                         const std::string& password = "",
+                         std::chrono::milliseconds timeout = std::chrono::milliseconds(5000));
+
+struct redis_options {
+  bool appendonly = true;           // appendonly yes + appendfsync always
+  std::string requirepass;          // empty: no password
+};
+
+/// One redis-server child process. The constructor picks a free port and
+/// starts it (retrying on another port if the port was taken meanwhile);
+/// later start() calls reuse that port and dir, so with appendonly the data
+/// survives stop()/kill() + start(), as it would for a real restart.
+class redis_server {
+public:
+  explicit redis_server(redis_options opts = {});
+  ~redis_server();                   // stops the server, removes the dir
+  redis_server(const redis_server&) = delete;
+  redis_server& operator=(const redis_server&) = delete;
+
+  int port() const noexcept { return port_; }
+  std::string url() const;           // redis://127.0.0.1:<port> (with :<password>@ when set)
+  pid_t pid() const noexcept { return pid_; }
+  const std::string& dir() const noexcept { return dir_; }
+
+  void start();                      // (re)start on the same port and dir; waits for PING
+  void stop();                       // SHUTDOWN-like: SIGTERM, wait for exit
+  void kill();                       // SIGKILL, wait for exit
+  void restart() { stop(); start(); }
+  bool running() const noexcept { return pid_ > 0; }
+
+private:
+  /// Starts once on port_; returns false if another process holds the port.
+  bool try_start();
+  std::string log_file() const { return dir_ + "/redis.log"; }
+
+  redis_options opts_;
+  std::string dir_;
+  int port_ = 0;
+  pid_t pid_ = -1;
+};
+
+/// One postgres 15 cluster (initdb once, then a postmaster child process)
+/// with a database "tally", trust auth for user postgres on 127.0.0.1.
+/// Runs with fsync=off: a kill() loses nothing that the OS page cache holds,
+/// which is what a process crash (not a power cut) looks like.
+class postgres_server {
+public:
+  postgres_server();                 // initdb + start; database "tally"
+  ~postgres_server();
+  postgres_server(const postgres_server&) = delete;
+  postgres_server& operator=(const postgres_server&) = delete;
+
+  int port() const noexcept { return port_; }
+  /// postgresql://postgres@127.0.0.1:<port>/tally
+  std::string url() const;
+  pid_t pid() const noexcept { return pid_; }
+  const std::string& dir() const noexcept { return dir_; }
+  std::string data_dir() const { return dir_ + "/data"; }
+  bool running() const noexcept { return pid_ > 0; }
+
+  void start();                      // waits until it accepts connections
+  void stop();                       // fast shutdown (SIGINT)
+  void kill();                       // SIGKILL of the postmaster
+  void restart() { stop(); start(); }
+
+  /// Runs SQL through psql and returns its unaligned, tuples-only output.
+  std::string psql(const std::string& sql) const;
+
+private:
+  /// Starts once on port_; returns false if another process holds the port.
+  bool try_start();
+  std::string run_psql(const std::string& database, const std::string& sql) const;
+  std::string log_file() const { return dir_ + "/postgres.log"; }
+
+  std::string dir_;
+  int port_ = 0;
+  pid_t pid_ = -1;
+  bool drop_root_ = false;           // run binaries as run_uid_/run_gid_
+  uid_t run_uid_ = 0;
+  gid_t run_gid_ = 0;
+};
+
+/// Waits until `pred()` holds or `deadline` passes; returns pred()'s last value.
+template <class Pred>
+bool wait_for(Pred pred, std::chrono::milliseconds deadline,
+              std::chrono::milliseconds poll = std::chrono::milliseconds(20));
+
+/// Runs a child process (argv[0] looked up in PATH); returns its pid.
+/// Throws std::runtime_error when it cannot be executed.
+pid_t spawn_process(const std::vector<std::string>& argv, const std::string& log_file = "");
+/// Waits for a child; returns its exit status as from waitpid (or -1 on
+/// timeout, or when `pid` is not a child of this process).
+int wait_process(pid_t pid, std::chrono::milliseconds deadline);
+
+} // namespace tally::testing
+
+#include "tests/harness/servers_inl.hpp"
