@@ -1,0 +1,22 @@
+// tests/support/batches.hpp — reading stage-1 batches back out of Redis.
+#pragma once
+
+#include "tests/support/workload.hpp"
+
+#include <set>
+#include <string>
+
+namespace tally::testing {
+
+struct stage1_contents {
+  rollup_rows rows;                 // every batch decoded and summed
+  size_t batches = 0;
+  std::set<std::string> ids;        // distinct batch ids
+  std::vector<std::string> duplicate_ids;
+  std::vector<std::string> errors;  // batches that failed to decode
+};
+
+/// LRANGEs `{tally:<ns>}:batches` and decodes every batch.
+stage1_contents read_stage1(const std::string& redis_url, const std::string& ns);
+
+} // namespace tally::testing
