@@ -72,6 +72,16 @@ struct aggregator_state {
 
 using aggregator_actor = caf::stateful_actor<aggregator_state>;
 
+/// Tells producers whether to push back: while the map is at its key limit,
+/// or the queue holds `capacity` events (cleared again below half of it).
+void update_full(aggregator_state& st) {
+  bool was = st.home->full.load(std::memory_order_relaxed);
+  size_t depth = st.home->queue.size_approx();
+  bool now = st.paused || depth >= st.home->capacity || (was && depth > st.home->capacity / 2);
+  if (now != was)
+    st.home->full.store(now, std::memory_order_relaxed);
+}
+
 /// Drains one turn's worth; then either keeps itself awake or goes to sleep
 /// with the lost-wake-up check (see ingest_state::wake).
 void drain_turn(aggregator_actor* self) {
@@ -79,6 +89,7 @@ void drain_turn(aggregator_actor* self) {
   if (st.paused)
     return;  // the swap will resume us; producers see the shard awake
   size_t n = st.drain(events_per_turn, true);
+  update_full(st);
   if (st.paused)
     return;
   if (n >= events_per_turn) {
@@ -118,6 +129,7 @@ caf::behavior aggregator(aggregator_actor* self, ingest_state* ingest, shard* ho
       }
       s.overflow.clear();
       s.paused = false;
+      update_full(s);
       // Awake (or paused) shards get a turn: producers will not wake them.
       if (!s.home->sleeping.load())
         self->send(self, wake_atom::value);

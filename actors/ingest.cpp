@@ -78,16 +78,26 @@ field_error ingest_state::record(const event& ev) noexcept {
   if (closed_.load(std::memory_order_relaxed))
     return {errc::stopped, field::none};
 
-  if (auto err = validate(ev)) {
-    slot->rejected.fetch_add(1, std::memory_order_relaxed);
-    return err;
-  }
+  // Only valid ids ever enter the table, so an id found there needs no
+  // check: each distinct text is validated once, at first sight.
   queued_event q;
   for (int i = 0; i < id_field_count; ++i) {
-    uint32_t id = ids.intern(ev.ids[i]);
-    if (id == intern_table::npos)
-      return {errc::intern_full, static_cast<field>(i)};
+    std::string_view text = ev.ids[i];
+    uint32_t id = ids.find(text);
+    if (id == intern_table::npos) {
+      if (errc code = check_id_field(static_cast<field>(i), text); code != errc::ok) {
+        slot->rejected.fetch_add(1, std::memory_order_relaxed);
+        return {code, static_cast<field>(i)};
+      }
+      id = ids.intern(text);
+      if (id == intern_table::npos)
+        return {errc::intern_full, static_cast<field>(i)};
+    }
     q.key.ids[i] = id;
+  }
+  if (auto err = validate_values(ev)) {
+    slot->rejected.fetch_add(1, std::memory_order_relaxed);
+    return err;
   }
   int64_t ts = ev.ts_ms != 0 ? ev.ts_ms : now_ms();
   q.key.minute = static_cast<uint32_t>(ts / 60000);
@@ -97,7 +107,7 @@ field_error ingest_state::record(const event& ev) noexcept {
   q.completion_tokens = ev.completion_tokens;
   q.cache_read_tokens = ev.cache_read_tokens;
   q.cache_creation_tokens = ev.cache_creation_tokens;
-  if (!slot->home->queue.try_enqueue(slot->token, q)) {
+  if (slot->home->full.load(std::memory_order_relaxed) || !slot->home->queue.enqueue(slot->token, q)) {
     slot->backpressured.fetch_add(1, std::memory_order_relaxed);
     return {errc::backpressure, field::none};
   }

@@ -43,11 +43,18 @@ using agg_map = flat_map<agg_key, measure_values>;
 using agg_map_ptr = std::shared_ptr<agg_map>;
 
 struct shard {
-  // The queue preallocates `capacity` slots shared by all producers; try_enqueue
-  // never allocates, so a full queue is backpressure, not growth.
-  explicit shard(size_t capacity) : queue(capacity) {}
+  // The bound is kept by the aggregator, not by the queue: moodycamel's
+  // explicit producers keep the blocks they once took, so a fixed block pool
+  // (try_enqueue) lets one bursty thread starve every other producer for
+  // good. Producers enqueue (blocks are reused, so no allocation once warm)
+  // unless `full` is set; the aggregator sets it when the queue holds
+  // `capacity` events or its map is at its key limit, and clears it when it
+  // has caught up.
+  explicit shard(size_t cap) : queue(cap), capacity(cap) {}
   moodycamel::ConcurrentQueue<queued_event> queue;
+  const size_t capacity;
   alignas(64) std::atomic<bool> sleeping{true};  // aggregator waits for a wake message
+  alignas(64) std::atomic<bool> full{false};     // producers push back while set
   caf::actor aggregator;
 };
 

@@ -7,6 +7,8 @@
 // decimal using only the digit string itself.
 #include "tally/event.hpp"
 
+#include <cstring>
+
 #include <cstddef>
 
 namespace tally {
@@ -84,6 +86,20 @@ bool is_clean_utf8(std::string_view s) noexcept {
   const auto* p = reinterpret_cast<const unsigned char*>(s.data());
   const auto* end = p + s.size();
   auto continuation = [](unsigned char b) { return (b & 0xC0) == 0x80; };
+  // Ids are nearly always ASCII: test eight bytes at a time for a high bit,
+  // a control character (< 0x20) or DEL, and fall back to the exact
+  // byte-by-byte check only where one may be.
+  constexpr uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+  while (end - p >= 8) {
+    uint64_t w;
+    std::memcpy(&w, p, 8);
+    uint64_t below_space = (w - ones * 0x20) & ~w & highs;
+    uint64_t del = w ^ (ones * 0x7F);
+    uint64_t is_del = (del - ones) & ~del & highs;
+    if ((w & highs) | below_space | is_del)
+      break;
+    p += 8;
+  }
   while (p < end) {
     unsigned char b = *p;
     if (b < 0x80) {
@@ -264,16 +280,14 @@ errc check_id(std::string_view id) noexcept {
   return is_clean_utf8(id) ? errc::ok : errc::bad_id;
 }
 
-field_error validate(const event& ev) noexcept {
+errc check_id_field(field f, std::string_view value) noexcept {
+  return f == field::tags ? check_tags(value) : check_id(value);
+}
+
+field_error validate_values(const event& ev) noexcept {
   bool has_entity = false;
-  for (int i = 0; i < id_field_count; ++i) {
-    auto f = static_cast<field>(i);
-    std::string_view value = ev.ids[i];
-    if (value.empty()) continue;  // absent
-    errc code = f == field::tags ? check_tags(value) : check_id(value);
-    if (code != errc::ok) return {code, f};
-    if (static_cast<int>(f) <= static_cast<int>(field::model)) has_entity = true;
-  }
+  for (int i = 0; i <= static_cast<int>(field::model); ++i)
+    has_entity |= !ev.ids[i].empty();
 
   auto check_range = [](int64_t value, int64_t limit) {
     if (value < 0) return errc::negative_value;
@@ -297,6 +311,16 @@ field_error validate(const event& ev) noexcept {
   if (ev.ts_ms < 0 || ev.ts_ms >= ts_limit_ms) return {errc::bad_timestamp, field::ts};
   if (!has_entity) return {errc::no_entity, field::none};
   return {};
+}
+
+field_error validate(const event& ev) noexcept {
+  for (int i = 0; i < id_field_count; ++i) {
+    auto f = static_cast<field>(i);
+    std::string_view value = ev.ids[i];
+    if (value.empty()) continue;  // absent
+    if (errc code = check_id_field(f, value); code != errc::ok) return {code, f};
+  }
+  return validate_values(ev);
 }
 
 field_error event_builder::set(std::string_view name, std::string_view value) noexcept {
@@ -343,6 +367,12 @@ field_error event_builder::set(std::string_view name, std::string_view value) no
 
 field_error event_builder::finish(event& out) noexcept {
   field_error err = validate(ev_);
+  if (!err) out = ev_;
+  return err;
+}
+
+field_error event_builder::build(event& out) noexcept {
+  field_error err = validate_values(ev_);
   if (!err) out = ev_;
   return err;
 }

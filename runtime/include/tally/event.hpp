@@ -104,6 +104,15 @@ errc check_id(std::string_view id) noexcept;
 /// end_user tags model present. Returns the first error found.
 field_error validate(const event& ev) noexcept;
 
+/// Checks one id field's value: check_id, or for `tags` every tag in the
+/// comma-separated list (at most max_tags).
+errc check_id_field(field f, std::string_view value) noexcept;
+
+/// The checks of validate() that are not about id text: numbers in range,
+/// ts, and at least one of key user team org end_user tags model present.
+/// The hot path checks each id text only the first time it sees it.
+field_error validate_values(const event& ev) noexcept;
+
 /// Builds an event from (name, value) pairs as they arrive over RESP. The
 /// views must stay valid until the event is used.
 class event_builder {
@@ -113,6 +122,10 @@ public:
   field_error set(std::string_view name, std::string_view value) noexcept;
   /// Validates and returns the event; `out` is only meaningful on success.
   field_error finish(event& out) noexcept;
+  /// Like finish(), but checks only validate_values(): for callers that hand
+  /// the event straight to runtime::record(), which checks each id text
+  /// itself (once per distinct text), so the hot path does not check twice.
+  field_error build(event& out) noexcept;
   void reset() noexcept { ev_ = event{}; seen_ = 0; }
 
 private:

@@ -47,7 +47,7 @@ struct config {
   /// draining its queue (which then fills and pushes back).
   uint32_t max_keys_per_shard = 1u << 18;
   /// Distinct identifiers the process can hold (power of two is used).
-  uint32_t intern_capacity = 1u << 22;
+  uint32_t intern_capacity = 1u << 20;
   /// CAF scheduler threads; 0 = number of cores.
   uint32_t worker_threads = 0;
 
