@@ -1,0 +1,67 @@
+// actors/resp_connection.hpp — one broker per RESP client connection.
+//
+// Messages it accepts (besides CAF's new_data_msg, data_transferred_msg,
+// connection_passivated_msg, connection_closed_msg):
+//   (resp_retry_atom, uint64_t generation)  re-run the commands held back by
+//                                           ingest backpressure
+//   (resp_durable_atom, uint64_t ticket, uint8_t errc)  a durable ticket is in
+//                                           Redis (errc ok) or failed
+//   (resp_idle_atom)                        idle-timeout check
+// It sends nothing to other actors; durable tickets travel through
+// runtime::record_durable and come back as resp_durable_atom.
+//
+// The acceptor (resp_server.cpp) forks one per accepted socket; see the
+// comment of resp_connection.cpp for the read/parse/reply cycle.
+#pragma once
+
+#include "actors/resp_server.hpp"
+
+#include <caf/atom.hpp>
+#include <caf/io/fwd.hpp>
+
+#include <atomic>
+#include <memory>
+
+namespace tally {
+
+using resp_retry_atom = caf::atom_constant<caf::atom("respretry")>;
+using resp_durable_atom = caf::atom_constant<caf::atom("respdur")>;
+using resp_idle_atom = caf::atom_constant<caf::atom("respidle")>;
+
+/// What a listener shares with its connections (read-only but the counters).
+struct resp_context {
+  runtime* rt = nullptr;
+  resp_options opts;
+  std::atomic<uint32_t> connections{0};     // live connections of this listener
+  std::atomic<uint64_t> next_client_id{1};  // CLIENT ID / HELLO id
+};
+
+/// The process-wide counters behind snapshot_resp_metrics().
+struct resp_counters {
+  std::atomic<uint64_t> connections_current{0};
+  std::atomic<uint64_t> connections_total{0};
+  std::atomic<uint64_t> connections_refused{0};
+  std::atomic<uint64_t> commands{0};
+  std::atomic<uint64_t> events_accepted{0};
+  std::atomic<uint64_t> rejections[resp_metrics::errc_slots] = {};
+  std::atomic<uint64_t> protocol_errors{0};
+  std::atomic<uint64_t> auth_failures{0};
+  std::atomic<uint64_t> noauth_refusals{0};
+  std::atomic<uint64_t> backpressure_pauses{0};
+  std::atomic<uint64_t> output_pauses{0};
+  std::atomic<uint64_t> idle_closes{0};
+  std::atomic<uint64_t> buffer_limit_closes{0};
+};
+resp_counters& global_resp_counters() noexcept;
+
+/// Moves the accepted socket `hdl` from `acceptor` into a new connection
+/// broker and returns it. The caller has already counted it in
+/// ctx->connections; the connection uncounts itself when it ends.
+caf::actor fork_resp_connection(caf::io::broker* acceptor, caf::io::connection_handle hdl,
+                                std::shared_ptr<resp_context> ctx);
+
+/// Forks a broker that answers "-ERR max number of clients reached" and
+/// closes (the connection is not counted).
+void fork_refused_connection(caf::io::broker* acceptor, caf::io::connection_handle hdl);
+
+} // namespace tally
