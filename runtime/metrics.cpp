@@ -1,0 +1,174 @@
+// runtime/metrics.cpp — Prometheus text rendering (see metrics.hpp).
+//
+// The families are listed in pipeline order: RESP ingest, runtime ingest,
+// stage 1 (Redis), stage 2 (Postgres), process. A family is printed even
+// when zero, so dashboards and alerts see a stable set of series.
+//
+// Not exported yet: a flush duration histogram. tally::stats has no timing
+// of flush transactions; it belongs to the flush supervisor's counters.
+#include "runtime/metrics.hpp"
+
+#include <cstdio>
+
+namespace tally {
+
+namespace {
+
+class writer {
+public:
+  explicit writer(std::string& out) : out_(out) {}
+
+  void family(const char* name, const char* type, const char* help) {
+    out_ += "# HELP ";
+    out_ += name;
+    out_ += ' ';
+    out_ += help;
+    out_ += "\n# TYPE ";
+    out_ += name;
+    out_ += ' ';
+    out_ += type;
+    out_ += '\n';
+  }
+
+  void sample(const char* name, uint64_t value, const std::string& labels = {}) {
+    out_ += name;
+    if (!labels.empty())
+      out_ += "{" + labels + "}";
+    out_ += ' ';
+    out_ += std::to_string(value);
+    out_ += '\n';
+  }
+
+  void sample(const char* name, double value, const std::string& labels = {}) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%.3f", value);
+    out_ += name;
+    if (!labels.empty())
+      out_ += "{" + labels + "}";
+    out_ += ' ';
+    out_ += buf;
+    out_ += '\n';
+  }
+
+  void counter(const char* name, const char* help, uint64_t value) {
+    family(name, "counter", help);
+    sample(name, value);
+  }
+
+  void gauge(const char* name, const char* help, uint64_t value) {
+    family(name, "gauge", help);
+    sample(name, value);
+  }
+
+private:
+  std::string& out_;
+};
+
+/// Escapes a label value (backslash, quote, newline).
+std::string label_value(const std::string& v) {
+  std::string out;
+  for (char c : v) {
+    if (c == '\\' || c == '"')
+      out += '\\';
+    if (c == '\n') {
+      out += "\\n";
+      continue;
+    }
+    out += c;
+  }
+  return out;
+}
+
+} // namespace
+
+std::string render_metrics(const metrics_snapshot& m) {
+  std::string out;
+  out.reserve(8192);
+  writer w(out);
+  const auto& r = m.resp;
+  const auto& s = m.runtime;
+
+  // --- process ---
+  w.family("tally_info", "gauge", "Constant 1, labelled with this instance's id and namespace.");
+  w.sample("tally_info", uint64_t{1},
+           "instance=\"" + label_value(m.instance) + "\",namespace=\"" + label_value(m.ns) + "\"");
+  w.gauge("tally_ready", "1 while /readyz answers 200 (this instance can persist events).", m.ready ? 1 : 0);
+  w.gauge("tally_stopping", "1 after SIGTERM/SIGINT while tallyd drains.", m.stopping ? 1 : 0);
+  w.family("tally_uptime_seconds", "gauge", "Seconds since tallyd started.");
+  w.sample("tally_uptime_seconds", m.uptime_seconds);
+
+  // --- RESP ingest ---
+  w.gauge("tally_connections", "Open RESP client connections.", r.connections_current);
+  w.counter("tally_connections_accepted_total", "RESP connections accepted (refused ones included).",
+            r.connections_total);
+  w.counter("tally_connections_refused_total", "RESP connections refused over resp_max_connections.",
+            r.connections_refused);
+  w.counter("tally_commands_total", "RESP commands executed (any command).", r.commands);
+  w.counter("tally_resp_events_accepted_total", "TALLY.RECORD events taken by the runtime over RESP.",
+            r.events_accepted);
+  w.family("tally_events_rejected_total", "counter",
+           "TALLY.RECORD events refused with an error reply, by reason (the field error code).");
+  // Reasons 1..errc_slots-1: ok is not a rejection; backpressure pauses the
+  // connection instead of refusing, but is listed so the set is complete.
+  for (size_t i = 1; i < resp_metrics::errc_slots; ++i) {
+    const char* reason = to_string(static_cast<errc>(i));
+    if (reason == nullptr || *reason == '\0' || std::string(reason) == "unknown_errc")
+      continue;
+    w.sample("tally_events_rejected_total", r.rejections[i], "reason=\"" + std::string(reason) + "\"");
+  }
+  w.counter("tally_protocol_errors_total", "Malformed RESP input (error reply, then the connection closes).",
+            r.protocol_errors);
+  w.counter("tally_auth_failures_total", "AUTH attempts with a wrong password.", r.auth_failures);
+  w.counter("tally_noauth_refusals_total", "Commands refused because the connection had not authenticated.",
+            r.noauth_refusals);
+  w.counter("tally_backpressure_pauses_total",
+            "Times a RESP connection stopped reading because the ingest queues were full.",
+            r.backpressure_pauses);
+  w.counter("tally_output_pauses_total",
+            "Times a RESP connection stopped reading because its replies were not being read.",
+            r.output_pauses);
+  w.counter("tally_idle_closes_total", "RESP connections closed by resp_idle_timeout.", r.idle_closes);
+  w.counter("tally_buffer_limit_closes_total", "RESP connections closed by resp_max_buffered_bytes.",
+            r.buffer_limit_closes);
+
+  // --- runtime ingest ---
+  w.counter("tally_events_accepted_total", "Events accepted by the runtime (RESP and embedded callers).",
+            s.events_accepted);
+  w.counter("tally_validation_failures_total",
+            "Events the runtime refused as invalid (RESP refusals are also in "
+            "tally_events_rejected_total by reason).",
+            s.events_rejected);
+  w.counter("tally_backpressure_total", "record() calls refused because ingest memory was full.",
+            s.events_backpressured);
+  w.gauge("tally_queue_depth", "Events waiting in the aggregator shard queues (approximate).", s.queue_depth);
+
+  // --- stage 1 ---
+  w.counter("tally_batches_written_total", "Stage-1 batches written to Redis.", s.batches_written);
+  w.counter("tally_batch_bytes_written_total", "Bytes of stage-1 batches written to Redis.",
+            s.batch_bytes_written);
+  w.counter("tally_stage1_failures_total", "Failed stage-1 write attempts (each retried).", s.stage1_failures);
+  w.gauge("tally_pending_batches", "Encoded batches not yet in Redis.", s.pending_batches);
+  w.family("tally_redis_up", "gauge", "1 when the configured Redis answered PING at this scrape.");
+  for (size_t i = 0; i < m.redis.size(); ++i)
+    w.sample("tally_redis_up", uint64_t{m.redis[i].up ? 1u : 0u},
+             "redis=\"" + label_value(m.redis[i].address) + "\"");
+  w.family("tally_redis_backlog_batches", "gauge",
+           "Stage-1 batches waiting in Redis for the flush (LLEN of the namespace's batches list).");
+  for (size_t i = 0; i < m.redis.size(); ++i)
+    if (m.redis[i].backlog_known)
+      w.sample("tally_redis_backlog_batches", m.redis[i].backlog,
+               "redis=\"" + label_value(m.redis[i].address) + "\"");
+
+  // --- stage 2 ---
+  w.counter("tally_flushes_total", "Flush transactions committed to Postgres by this instance.", s.flushes);
+  w.counter("tally_rows_upserted_total", "Rows upserted into the tally tables.", s.rows_upserted);
+  w.counter("tally_duplicate_batches_total", "Batches skipped because their id was already applied.",
+            s.duplicate_batches);
+  w.counter("tally_dead_lettered_total", "Batches that failed to decode, moved to the dead-letter list.",
+            s.dead_lettered);
+  w.gauge("tally_lease_held", "1 while this instance holds the flush lease (is the writer).", s.lease_held);
+  w.gauge("tally_epoch", "Fencing epoch of the last lease this instance took.", s.epoch);
+  return out;
+}
+
+} // namespace tally

@@ -1,0 +1,488 @@
+// tests/tallyd_test.cpp — the tallyd daemon as an operator meets it.
+//
+// Real tallyd processes against real redis-server and postgres (tests/harness),
+// driven by real clients: redis-cli for events, httplib::Client for
+// /metrics /healthz /readyz, promtool for the exposition format. Options are
+// checked by behaviour (which port it listens on), not by reading structs;
+// shutdown is checked by what reached Redis and Postgres.
+#include "runtime/options.hpp"
+#include "tests/harness/servers.hpp"
+#include "tests/support/batches.hpp"
+#include "tests/support/workload.hpp"
+
+#include <httplib.h>
+
+#include <gtest/gtest.h>
+
+#include <csignal>
+#include <fstream>
+#include <regex>
+#include <sstream>
+
+using namespace tally;
+using namespace tally::testing;
+using namespace std::chrono_literals;
+
+namespace {
+
+std::string slurp(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+void write_file(const std::string& path, const std::string& text) {
+  std::ofstream out(path, std::ios::trunc | std::ios::binary);
+  out << text;
+}
+
+std::string temp_path(const std::string& name) {
+  static int counter = 0;
+  return ::testing::TempDir() + "/tallyd-test-" + std::to_string(getpid()) + "-" + std::to_string(++counter)
+         + "-" + name;
+}
+
+/// Runs a short-lived command to completion; returns (exit code, output).
+std::pair<int, std::string> run(std::vector<std::string> argv, std::chrono::milliseconds deadline = 30s) {
+  auto log = temp_path("run.log");
+  pid_t pid = spawn_process(argv, log);
+  int status = wait_process(pid, deadline);
+  if (status == -1) {
+    ::kill(pid, SIGKILL);
+    wait_process(pid, 5s);
+    return {-1, slurp(log)};
+  }
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), slurp(log)};
+}
+
+std::vector<std::string> tallyd_argv(const std::vector<std::string>& env, const std::vector<std::string>& args) {
+  // `env -i`-less `env`: the child sees this process's environment plus `env`.
+  std::vector<std::string> argv{"env"};
+  argv.insert(argv.end(), env.begin(), env.end());
+  argv.push_back(TALLYD_PATH);
+  argv.insert(argv.end(), args.begin(), args.end());
+  return argv;
+}
+
+/// One running tallyd; SIGKILLed by the destructor if a test left it running.
+struct tallyd_process {
+  pid_t pid = -1;
+  std::string log;
+  int resp_port = 0;
+  int http_port = 0;
+
+  tallyd_process(const std::vector<std::string>& args, const std::vector<std::string>& env = {}) {
+    log = temp_path("tallyd.log");
+    pid = spawn_process(tallyd_argv(env, args), log);
+  }
+  ~tallyd_process() {
+    if (pid > 0) {
+      ::kill(pid, SIGKILL);
+      wait_process(pid, 10s);
+    }
+  }
+
+  /// Waits for the "tallyd ready" line and reads the ports from it.
+  bool wait_ready(std::chrono::milliseconds deadline = 30s) {
+    static const std::regex ready(R"(tallyd ready: resp [^ ]+:(\d+) http [^ ]+:(\d+))");
+    std::smatch m;
+    bool ok = wait_for([&] {
+      if (!process_exists(pid))
+        return true;  // exited: fail at once, not at the deadline
+      auto text = slurp(log);
+      if (!std::regex_search(text, m, ready))
+        return false;
+      resp_port = std::stoi(m[1]);
+      http_port = std::stoi(m[2]);
+      return true;
+    }, deadline);
+    return ok && resp_port != 0;
+  }
+
+  /// SIGTERM, then the exit code (or -1 when it did not exit in time).
+  int terminate(std::chrono::milliseconds deadline = 60s) {
+    ::kill(pid, SIGTERM);
+    int status = wait_process(pid, deadline);
+    pid = -1;
+    if (status == -1)
+      return -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+};
+
+struct http_reply {
+  int status = 0;
+  std::string body;
+};
+
+http_reply http_get(int port, const std::string& path) {
+  httplib::Client cli("127.0.0.1", port);
+  cli.set_connection_timeout(5);
+  cli.set_read_timeout(10);
+  auto res = cli.Get(path.c_str());
+  if (!res)
+    return {0, "request failed: " + httplib::to_string(res.error())};
+  return {res->status, res->body};
+}
+
+/// The value of one sample line (`name` includes labels), or -1.
+long long metric(const std::string& text, const std::string& name) {
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line))
+    if (line.size() > name.size() && line.compare(0, name.size(), name) == 0 && line[name.size()] == ' ')
+      return std::stoll(line.substr(name.size() + 1));
+  return -1;
+}
+
+/// RESP-encodes commands, for `redis-cli --pipe`.
+std::string resp_encode(const std::vector<std::vector<std::string>>& commands) {
+  std::string out;
+  for (auto& args : commands) {
+    out += "*" + std::to_string(args.size()) + "\r\n";
+    for (auto& a : args)
+      out += "$" + std::to_string(a.size()) + "\r\n" + a + "\r\n";
+  }
+  return out;
+}
+
+/// Sends commands through `redis-cli --pipe` (one connection, pipelined);
+/// returns redis-cli's summary ("errors: 0, replies: N").
+std::string redis_cli_pipe(int port, const std::vector<std::vector<std::string>>& commands) {
+  auto file = temp_path("pipe.resp");
+  write_file(file, resp_encode(commands));
+  auto [code, out] = run({"sh", "-c", "redis-cli -h 127.0.0.1 -p " + std::to_string(port) + " --pipe < " + file}, 120s);
+  EXPECT_EQ(code, 0) << out;
+  return out;
+}
+
+rollup_rows reference(uint64_t seed, uint64_t n) {
+  rollup_rows rows;
+  for (uint64_t i = 0; i < n; ++i)
+    add_reference(rows, generate(seed, i));
+  return rows;
+}
+
+/// Servers shared by the suite (an initdb per test would dominate the run).
+class Tallyd : public ::testing::Test {
+protected:
+  static void SetUpTestSuite() {
+    redis_ = new redis_server();
+    postgres_ = new postgres_server();
+  }
+  static void TearDownTestSuite() {
+    delete postgres_;
+    delete redis_;
+  }
+  /// Flags that every test needs: free ports, the suite's servers, fast intervals.
+  static std::vector<std::string> base_args(const std::string& ns, bool stage2) {
+    return {"--ns", ns, "--redis-urls", redis_->url(), "--postgres-url", stage2 ? postgres_->url() : "",
+            "--resp-port", "0", "--http-port", "0", "--buffer-interval", "100ms", "--flush-interval", "100ms",
+            "--worker-threads", "2"};
+  }
+  static redis_server* redis_;
+  static postgres_server* postgres_;
+};
+redis_server* Tallyd::redis_ = nullptr;
+postgres_server* Tallyd::postgres_ = nullptr;
+
+} // namespace
+
+// --- options -------------------------------------------------------------------
+
+TEST(TallydOptions, HelpListsEveryOption) {
+  auto [code, out] = run({TALLYD_PATH, "--help"});
+  ASSERT_EQ(code, 0) << out;
+  for (auto& spec : option_table()) {
+    EXPECT_NE(out.find(spec.flag() + " "), std::string::npos) << spec.flag() << " missing from --help";
+    EXPECT_NE(out.find(spec.env()), std::string::npos) << spec.env() << " missing from --help";
+  }
+  EXPECT_NE(out.find("--print-sample-config"), std::string::npos);
+}
+
+TEST(TallydOptions, SampleConfigEqualsCommittedFile) {
+  auto [code, out] = run({TALLYD_PATH, "--print-sample-config"});
+  ASSERT_EQ(code, 0) << out;
+  auto committed = slurp(std::string(TALLY_SOURCE_DIR) + "/scripts/tallyd.sample.toml");
+  EXPECT_EQ(out, committed) << "regenerate it: tallyd --print-sample-config > scripts/tallyd.sample.toml";
+}
+
+// Every key of the sample, uncommented, is accepted and gives the defaults:
+// the sample cannot show a value or a spelling tallyd refuses.
+TEST(TallydOptions, UncommentedSampleIsTheDefaults) {
+  std::istringstream in(sample_config());
+  std::string line, uncommented;
+  int keys = 0;
+  static const std::regex key_line(R"(^# ([a-z_]+ = .*)$)");
+  while (std::getline(in, line)) {
+    std::smatch m;
+    if (std::regex_match(line, m, key_line)) {
+      uncommented += m[1].str() + "\n";
+      ++keys;
+    }
+  }
+  int file_keys = 0;
+  for (auto& spec : option_table())
+    file_keys += spec.file_allowed ? 1 : 0;
+  EXPECT_EQ(keys, file_keys);
+  auto path = temp_path("uncommented.toml");
+  write_file(path, uncommented);
+  auto opts = default_options();
+  ASSERT_EQ(apply_config_file(opts, path), "");
+  EXPECT_EQ(effective_config(opts), effective_config(default_options()));
+  EXPECT_EQ(validate(opts), "");
+}
+
+// The table's defaults are the embedding API's defaults, except where tallyd
+// documents its own (postgres_url: the daemon flushes to a local Postgres by
+// default, an embedding program opts in).
+TEST(TallydOptions, TableDefaultsMatchConfigStruct) {
+  auto d = default_options();
+  config c;
+  d.runtime.postgres_url = c.postgres_url;
+  daemon_options from_struct = d;
+  from_struct.runtime = c;
+  from_struct.resp = resp_options{};
+  EXPECT_EQ(effective_config(d), effective_config(from_struct));
+  EXPECT_EQ(default_options().runtime.postgres_url, "postgresql://127.0.0.1:5432/tally");
+  EXPECT_EQ(default_options().http_port, 9108);
+}
+
+TEST(TallydOptions, BadOptionExitsTwoNamingIt) {
+  auto cfg = temp_path("bad.toml");
+  write_file(cfg, "buffer_interval = \"5ms\"\n");
+  struct bad_case {
+    std::vector<std::string> env, args;
+    std::string expect;
+  };
+  std::vector<bad_case> cases = {
+    {{}, {"--resp-port", "70000"}, "option resp_port"},
+    {{"TALLY_QUEUE_CAPACITY=12"}, {}, "option queue_capacity"},
+    {{}, {"--buffer-interval", "1000"}, "option buffer_interval"},
+    {{}, {"--config", cfg}, "option buffer_interval"},
+    {{}, {"--redis-urls", "http://nope"}, "option redis_urls"},
+    {{}, {"--resp-bind", "not-an-ip"}, "option resp_bind"},
+    {{}, {"--log-level", "loud"}, "option log_level"},
+    {{}, {"--ns", "a:b"}, "option ns"},
+    {{}, {"--no-such-flag", "1"}, "--no-such-flag"},
+    {{}, {"--resp-port", "7000", "--http-port", "7000"}, "option http_port"},
+  };
+  for (auto& c : cases) {
+    auto [code, out] = run(tallyd_argv(c.env, c.args));
+    EXPECT_EQ(code, 2) << out;
+    EXPECT_NE(out.find(c.expect), std::string::npos) << "expected '" << c.expect << "' in: " << out;
+    EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 1) << "one line on stderr, got: " << out;
+  }
+}
+
+TEST(TallydOptions, UnknownTomlKeyRefused) {
+  auto cfg = temp_path("unknown.toml");
+  write_file(cfg, "resp_port = 7001\nno_such_option = 1\n");
+  auto [code, out] = run({TALLYD_PATH, "--config", cfg});
+  EXPECT_EQ(code, 2) << out;
+  EXPECT_NE(out.find("unknown option 'no_such_option'"), std::string::npos) << out;
+  EXPECT_NE(out.find(":2"), std::string::npos) << "names the line: " << out;
+
+  write_file(cfg, "[resp]\nport = 7001\n");  // tables are not options either
+  std::tie(code, out) = run({TALLYD_PATH, "--config", cfg});
+  EXPECT_EQ(code, 2) << out;
+  EXPECT_NE(out.find("unknown option 'resp'"), std::string::npos) << out;
+}
+
+// defaults < file < environment < flags, seen in the ports tallyd listens on.
+TEST_F(Tallyd, PrecedenceFileEnvFlag) {
+  int file_port = free_port(), env_port = free_port(), flag_port = free_port(), http_file = free_port();
+  auto cfg = temp_path("precedence.toml");
+  write_file(cfg, "resp_port = " + std::to_string(file_port) + "\nhttp_port = " + std::to_string(http_file)
+                    + "\nns = \"prec\"\nredis_urls = [\"" + redis_->url() + "\"]\npostgres_url = \"\"\n");
+  auto check = [&](std::vector<std::string> env, std::vector<std::string> args, int want_resp) {
+    args.insert(args.begin(), {"--config", cfg});
+    tallyd_process d(args, env);
+    ASSERT_TRUE(d.wait_ready()) << slurp(d.log);
+    EXPECT_EQ(d.resp_port, want_resp) << slurp(d.log);
+    EXPECT_EQ(d.http_port, http_file) << "the file's http_port, not overridden";
+    EXPECT_TRUE(port_open(want_resp));
+    EXPECT_EQ(redis_command(want_resp, {"PING"}).value, "PONG");
+    EXPECT_EQ(http_get(http_file, "/healthz").status, 200);
+    EXPECT_EQ(d.terminate(), 0) << slurp(d.log);
+  };
+  check({}, {}, file_port);
+  check({"TALLY_RESP_PORT=" + std::to_string(env_port)}, {}, env_port);
+  check({"TALLY_RESP_PORT=" + std::to_string(env_port)}, {"--resp-port", std::to_string(flag_port)}, flag_port);
+  // TALLY_CONFIG names the file when no --config is given.
+  {
+    tallyd_process d({}, {"TALLY_CONFIG=" + cfg});
+    ASSERT_TRUE(d.wait_ready()) << slurp(d.log);
+    EXPECT_EQ(d.resp_port, file_port);
+    EXPECT_EQ(d.terminate(), 0) << slurp(d.log);
+  }
+}
+
+// --- HTTP ----------------------------------------------------------------------
+
+TEST_F(Tallyd, MetricsPassPromtoolAndCount) {
+  auto args = base_args("metrics", true);
+  args.insert(args.end(), {"--instance-id", "metrics-a"});
+  tallyd_process d(args);
+  ASSERT_TRUE(d.wait_ready()) << slurp(d.log);
+
+  auto healthz = http_get(d.http_port, "/healthz");
+  EXPECT_EQ(healthz.status, 200);
+  EXPECT_EQ(healthz.body, "ok\n");
+
+  // Five good events from five redis-cli processes, two bad ones.
+  const int good = 5;
+  for (int i = 0; i < good; ++i) {
+    auto [code, out] = run({"redis-cli", "-h", "127.0.0.1", "-p", std::to_string(d.resp_port), "TALLY.RECORD",
+                            "key", "mk", "user", "u" + std::to_string(i), "spend", "0.5", "prompt_tokens", "10"});
+    EXPECT_EQ(code, 0);
+    EXPECT_EQ(out, "OK\n");
+  }
+  auto [c1, bad1] = run({"redis-cli", "-h", "127.0.0.1", "-p", std::to_string(d.resp_port), "TALLY.RECORD", "key",
+                         "mk", "colour", "red"});
+  EXPECT_NE(bad1.find("unknown_field"), std::string::npos) << bad1;
+  auto [c2, bad2] = run({"redis-cli", "-h", "127.0.0.1", "-p", std::to_string(d.resp_port), "TALLY.RECORD", "key",
+                         "mk", "spend", "-2"});
+  EXPECT_NE(bad2.find("negative_value"), std::string::npos) << bad2;
+
+  // Wait for the flush so the stage-2 families have values too.
+  std::string text;
+  ASSERT_TRUE(wait_for([&] {
+    text = http_get(d.http_port, "/metrics").body;
+    return metric(text, "tally_flushes_total") >= 1 && metric(text, "tally_lease_held") == 1;
+  }, 30s)) << text << slurp(d.log);
+
+  auto file = temp_path("metrics.txt");
+  write_file(file, text);
+  auto [pcode, pout] = run({"sh", "-c", "promtool check metrics < " + file});
+  EXPECT_EQ(pcode, 0) << pout << "\n" << text;
+
+  EXPECT_EQ(metric(text, "tally_events_accepted_total"), good);
+  EXPECT_EQ(metric(text, "tally_resp_events_accepted_total"), good);
+  EXPECT_EQ(metric(text, "tally_events_rejected_total{reason=\"unknown_field\"}"), 1);
+  EXPECT_EQ(metric(text, "tally_events_rejected_total{reason=\"negative_value\"}"), 1);
+  EXPECT_EQ(metric(text, "tally_events_rejected_total{reason=\"bad_number\"}"), 0);
+  EXPECT_GE(metric(text, "tally_connections_accepted_total"), good + 2);
+  EXPECT_GE(metric(text, "tally_batches_written_total"), 1);
+  EXPECT_GE(metric(text, "tally_batch_bytes_written_total"), 1);
+  EXPECT_EQ(metric(text, "tally_stage1_failures_total"), 0);
+  EXPECT_EQ(metric(text, "tally_pending_batches"), 0);
+  EXPECT_GE(metric(text, "tally_rows_upserted_total"), 1);
+  EXPECT_EQ(metric(text, "tally_dead_lettered_total"), 0);
+  EXPECT_GE(metric(text, "tally_epoch"), 1);
+  EXPECT_EQ(metric(text, "tally_ready"), 1);
+  EXPECT_EQ(metric(text, "tally_redis_up{redis=\"127.0.0.1:" + std::to_string(redis_->port()) + "\"}"), 1);
+  EXPECT_GE(metric(text, "tally_redis_backlog_batches{redis=\"127.0.0.1:" + std::to_string(redis_->port()) + "\"}"), 0);
+  for (auto* family : {"tally_connections", "tally_queue_depth", "tally_duplicate_batches_total",
+                       "tally_backpressure_total", "tally_protocol_errors_total"})
+    EXPECT_GE(metric(text, family), 0) << family << " missing";
+
+  // The totals behind those counters reached Postgres exactly.
+  EXPECT_TRUE(wait_for([&] {
+    return postgres_->psql("SELECT spend, prompt_tokens, requests FROM tally_spend WHERE entity_type = 'key' "
+                           "AND entity_id = 'mk'") == "2.500000000|50|5\n";
+  }, 30s)) << postgres_->psql("SELECT * FROM tally_spend WHERE entity_id = 'mk'");
+  EXPECT_EQ(d.terminate(), 0) << slurp(d.log);
+}
+
+TEST_F(Tallyd, ReadyzFollowsRedis) {
+  redis_server own;
+  auto args = base_args("readyz", false);
+  args.insert(args.end(), {"--redis-urls", own.url(), "--redis-timeout", "200ms"});
+  tallyd_process d(args);
+  ASSERT_TRUE(d.wait_ready()) << slurp(d.log);
+  EXPECT_TRUE(wait_for([&] { return http_get(d.http_port, "/readyz").status == 200; }, 10s));
+
+  own.stop();
+  http_reply r;
+  EXPECT_TRUE(wait_for([&] { return (r = http_get(d.http_port, "/readyz")).status == 503; }, 10s)) << r.body;
+  EXPECT_NE(r.body.find("no Redis reachable"), std::string::npos) << r.body;
+  EXPECT_EQ(http_get(d.http_port, "/healthz").status, 200) << "alive while not ready";
+  EXPECT_EQ(metric(http_get(d.http_port, "/metrics").body, "tally_ready"), 0);
+
+  own.start();
+  EXPECT_TRUE(wait_for([&] { return (r = http_get(d.http_port, "/readyz")).status == 200; }, 10s)) << r.body;
+  EXPECT_EQ(r.body, "ready\n");
+  EXPECT_EQ(d.terminate(), 0) << slurp(d.log);
+}
+
+// --- shutdown ------------------------------------------------------------------
+
+// Events still in memory at SIGTERM (buffer_interval far away) are all in
+// Redis once tallyd exits 0: the drain and the final batch.
+TEST_F(Tallyd, SigtermDrainsEveryEventToRedis) {
+  const uint64_t seed = 41, n = 3000;
+  auto args = base_args("sigterm", false);
+  args.insert(args.end(), {"--buffer-interval", "60s", "--instance-id", "sigterm-a"});
+  tallyd_process d(args);
+  ASSERT_TRUE(d.wait_ready()) << slurp(d.log);
+  std::vector<std::vector<std::string>> cmds;
+  for (uint64_t i = 0; i < n; ++i)
+    cmds.push_back(generate(seed, i).resp_args());
+  auto summary = redis_cli_pipe(d.resp_port, cmds);
+  EXPECT_NE(summary.find("errors: 0, replies: " + std::to_string(n)), std::string::npos) << summary;
+  EXPECT_EQ(read_stage1(redis_->url(), "sigterm").batches, 0u) << "nothing written before the signal";
+
+  EXPECT_EQ(d.terminate(), 0) << slurp(d.log);
+  auto got = read_stage1(redis_->url(), "sigterm");
+  EXPECT_GE(got.batches, 1u);
+  EXPECT_TRUE(got.errors.empty());
+  EXPECT_TRUE(got.duplicate_ids.empty());
+  EXPECT_EQ(diff_rows(reference(seed, n), got.rows), "");
+}
+
+// With stage 2 on: SIGTERM releases the lease (a successor takes it at once,
+// not after lease_ttl), and the events of both lives are in Postgres once.
+TEST_F(Tallyd, SigtermReleasesLeaseAndTotalsAreExact) {
+  const uint64_t seed = 43, n = 2000;
+  const std::string lease_key = "{tally:lease2}:lease";
+  auto args = base_args("lease2", true);
+  args.insert(args.end(), {"--lease-ttl", "60s", "--pg-schema", "lease2"});
+  postgres_->psql("CREATE SCHEMA IF NOT EXISTS lease2");
+  std::vector<std::vector<std::string>> first, second;
+  for (uint64_t i = 0; i < n; ++i)
+    (i < n / 2 ? first : second).push_back(generate(seed, i).resp_args());
+
+  auto a_args = args;
+  a_args.insert(a_args.end(), {"--instance-id", "lease-a"});
+  tallyd_process a(a_args);
+  ASSERT_TRUE(a.wait_ready()) << slurp(a.log);
+  ASSERT_TRUE(wait_for([&] { return !redis_command(redis_->port(), {"GET", lease_key}).nil; }, 30s))
+    << slurp(a.log);
+  redis_cli_pipe(a.resp_port, first);
+  EXPECT_EQ(a.terminate(), 0) << slurp(a.log);
+  EXPECT_TRUE(redis_command(redis_->port(), {"GET", lease_key}).nil) << "lease not released:\n" << slurp(a.log);
+
+  // A successor with a 60 s lease_ttl leads at once only because the lease was released.
+  auto b_args = args;
+  b_args.insert(b_args.end(), {"--instance-id", "lease-b"});
+  tallyd_process b(b_args);
+  ASSERT_TRUE(b.wait_ready()) << slurp(b.log);
+  redis_cli_pipe(b.resp_port, second);
+  std::string sum_sql = "SELECT coalesce(sum(requests), 0) FROM lease2.tally_minute";
+  EXPECT_TRUE(wait_for([&] { return postgres_->psql(sum_sql) == std::to_string(n) + "\n"; }, 30s))
+    << postgres_->psql(sum_sql) << slurp(b.log);
+  // Every running total, to the nano-unit, against the independent reference.
+  rollup_rows expected, actual;
+  expected["tally_spend"] = reference(seed, n)["tally_spend"];
+  std::istringstream rows(postgres_->psql(
+    "SELECT entity_type, scope, entity_id, (spend * 1000000000)::numeric(38,0), prompt_tokens, "
+    "completion_tokens, cache_read_tokens, cache_creation_tokens, requests, successful_requests, "
+    "failed_requests FROM lease2.tally_spend"));
+  std::string line;
+  while (std::getline(rows, line)) {
+    std::vector<std::string> cols;
+    std::stringstream ls(line);
+    std::string col;
+    while (std::getline(ls, col, '|'))
+      cols.push_back(col);
+    ASSERT_EQ(cols.size(), 11u) << line;
+    auto& row = actual["tally_spend"][{cols[0], cols[1], cols[2]}];
+    for (size_t i = 3; i < cols.size(); ++i)
+      row.push_back(static_cast<__int128>(std::stoll(cols[i])));
+  }
+  EXPECT_EQ(diff_rows(expected, actual), "");
+  EXPECT_EQ(b.terminate(), 0) << slurp(b.log);
+  EXPECT_TRUE(redis_command(redis_->port(), {"GET", lease_key}).nil);
+}
