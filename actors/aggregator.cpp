@@ -35,15 +35,7 @@ struct aggregator_state {
   }
 
   void add(const queued_event& q) {
-    measure_values m;
-    m.spend = q.spend;
-    m.prompt_tokens = q.prompt_tokens;
-    m.completion_tokens = q.completion_tokens;
-    m.cache_read_tokens = q.cache_read_tokens;
-    m.cache_creation_tokens = q.cache_creation_tokens;
-    m.requests = 1;
-    m.successful_requests = q.ok;
-    m.failed_requests = 1 - q.ok;
+    measure_values m = measures_of(q);
     if (auto* sum = active->find_or_insert(q.key, hash_of(q.key)))
       sum->add(m);
     else

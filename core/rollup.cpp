@@ -20,19 +20,6 @@ bool measure_values::operator==(const measure_values& o) const noexcept {
          && successful_requests == o.successful_requests && failed_requests == o.failed_requests;
 }
 
-measure_values measures_of(const event& ev) noexcept {
-  measure_values m;
-  m.spend = ev.spend;
-  m.prompt_tokens = ev.prompt_tokens;
-  m.completion_tokens = ev.completion_tokens;
-  m.cache_read_tokens = ev.cache_read_tokens;
-  m.cache_creation_tokens = ev.cache_creation_tokens;
-  m.requests = 1;
-  m.successful_requests = ev.ok ? 1 : 0;
-  m.failed_requests = ev.ok ? 0 : 1;
-  return m;
-}
-
 const char* to_string(measure m) noexcept {
   switch (m) {
     case measure::spend: return "spend";

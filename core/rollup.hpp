@@ -57,8 +57,21 @@ struct measure_values {
   bool operator==(const measure_values& o) const noexcept;
 };
 
-/// Measures of one event.
-measure_values measures_of(const event& ev) noexcept;
+/// Measures of one event: of a tally::event, or of anything with the same
+/// measure members (the hot path's queued_event), one request.
+template <class Event>
+measure_values measures_of(const Event& ev) noexcept {
+  measure_values m;
+  m.spend = ev.spend;
+  m.prompt_tokens = ev.prompt_tokens;
+  m.completion_tokens = ev.completion_tokens;
+  m.cache_read_tokens = ev.cache_read_tokens;
+  m.cache_creation_tokens = ev.cache_creation_tokens;
+  m.requests = 1;
+  m.successful_requests = ev.ok ? 1 : 0;
+  m.failed_requests = ev.ok ? 0 : 1;
+  return m;
+}
 
 enum class measure : uint8_t {
   spend, prompt_tokens, completion_tokens, cache_read_tokens, cache_creation_tokens,
