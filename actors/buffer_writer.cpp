@@ -3,6 +3,7 @@
 
 #include "actors/aggregator.hpp"
 #include "actors/atoms.hpp"
+#include "actors/retention.hpp"  // stage 2 (issue 3)
 #include "adapters/batch_codec.hpp"
 #include "adapters/redis_client.hpp"
 #include "core/log.hpp"
@@ -145,6 +146,10 @@ bool write_pending(writer_actor* self) {
     }
     st.ingest->counters.batches_written.fetch_add(1);
     st.ingest->counters.batch_bytes_written.fetch_add(b.bytes.size());
+    // --- stage 2 (issue 3): producer retention keeps the batch until it is applied.
+    if (auto retention = self->system().registry().get<caf::actor>(retention_registry_name))
+      self->send(retention, retain_atom::value, b.id, std::move(b.bytes));
+    // --- end stage 2
     uint64_t seq = b.seq;
     st.pending.pop_front();
     st.ingest->counters.pending_batches.store(st.pending.size());

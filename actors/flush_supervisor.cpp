@@ -1,0 +1,210 @@
+// actors/flush_supervisor.cpp — see flush_supervisor.hpp.
+#include "actors/flush_supervisor.hpp"
+
+#include "actors/flusher.hpp"
+#include "actors/lease.hpp"
+#include "actors/registry.hpp"
+#include "actors/retention.hpp"
+#include "core/log.hpp"
+
+#include <caf/all.hpp>
+
+#include <array>
+
+namespace tally {
+
+namespace {
+
+using namespace std::chrono;
+
+enum child : int { lease_child = 0, flusher_child = 1, registry_child = 2, retention_child = 3, child_count = 4 };
+constexpr const char* child_names[child_count] = {"lease", "flusher", "registry", "retention"};
+
+struct supervisor_state {
+  static inline const char* name = "flush_supervisor";
+  flush_context_ptr ctx;
+  std::array<caf::actor, child_count> children;
+  std::array<int, child_count> restarts{};
+  std::array<int64_t, child_count> last_crash{};
+  bool leading = false;
+  uint64_t epoch = 0;
+  bool stopping = false;
+};
+
+using supervisor_actor = caf::stateful_actor<supervisor_state, caf::event_based_actor>;
+
+void start_child(supervisor_actor* self, int which) {
+  auto& st = self->state;
+  switch (which) {
+    case lease_child:
+      st.children[which] = spawn_lease(self, st.ctx);
+      break;
+    case flusher_child:
+      st.children[which] = spawn_flusher(self, st.ctx);
+      if (st.leading)
+        self->send(st.children[which], lead_atom::value, st.epoch);
+      break;
+    case registry_child:
+      st.children[which] = spawn_registry(self, st.ctx);
+      break;
+    case retention_child:
+      st.children[which] = spawn_retention(self, st.ctx);
+      break;
+  }
+}
+
+int child_of(supervisor_actor* self, const caf::actor_addr& source) {
+  for (int i = 0; i < child_count; ++i)
+    if (self->state.children[i] && self->state.children[i].address() == source)
+      return i;
+  return -1;
+}
+
+void follow(supervisor_actor* self) {
+  auto& st = self->state;
+  if (!st.leading)
+    return;
+  st.leading = false;
+  if (st.children[flusher_child])
+    self->send(st.children[flusher_child], follow_atom::value);
+}
+
+void finish_stop(supervisor_actor* self, caf::response_promise rp, bool ok) {
+  auto& st = self->state;
+  for (auto& c : st.children)
+    if (c)
+      self->send_exit(c, caf::exit_reason::user_shutdown);
+  st.children = {};
+  st.ctx->counters->lease_held.store(0);
+  rp.deliver(ok);
+  self->quit(caf::exit_reason::user_shutdown);
+}
+
+// Steps 2-4 of the stop sequence (header); each step runs even if an earlier
+// one failed, so the lease is released whatever the flusher reports.
+void stop_children(supervisor_actor* self, caf::response_promise rp, int64_t deadline) {
+  auto& st = self->state;
+  auto budget = milliseconds(std::max<int64_t>(deadline - wall_ms(), 0)) + seconds(5);
+  auto release_and_deregister = [=](bool drained) {
+    auto& s = self->state;
+    auto deregister = [=](bool) {
+      auto& s2 = self->state;
+      if (!s2.children[registry_child])
+        return finish_stop(self, rp, drained);
+      self->request(s2.children[registry_child], seconds(5), fstop_atom::value)
+        .then([=](bool) { finish_stop(self, rp, drained); },
+              [=](caf::error&) { finish_stop(self, rp, drained); });
+    };
+    if (!s.children[lease_child])
+      return deregister(false);
+    self->request(s.children[lease_child], seconds(5), release_atom::value)
+      .then([=](bool ok) { deregister(ok); },
+            [=](caf::error& err) {
+              TALLY_WARN("flush_supervisor", "lease release failed: " << caf::to_string(err));
+              deregister(false);
+            });
+  };
+  if (!st.children[flusher_child])
+    return release_and_deregister(false);
+  self->request(st.children[flusher_child], budget, fstop_atom::value, deadline)
+    .then([=](bool drained) { release_and_deregister(drained); },
+          [=](caf::error& err) {
+            TALLY_WARN("flush_supervisor", "flusher did not stop cleanly: " << caf::to_string(err));
+            release_and_deregister(false);
+          });
+}
+
+caf::behavior flush_supervisor(supervisor_actor* self, flush_context_ptr ctx) {
+  auto& st = self->state;
+  st.ctx = std::move(ctx);
+  self->set_exit_handler([=](caf::exit_msg& msg) {
+    auto& s = self->state;
+    int which = child_of(self, msg.source);
+    if (which < 0) {  // a shutdown request aimed at us
+      self->quit(msg.reason);
+      return;
+    }
+    s.children[which] = nullptr;
+    if (which == lease_child) {
+      // Nobody renews the lease any more: stop flushing now.
+      s.ctx->lease_valid_until.store(0);
+      s.ctx->counters->lease_held.store(0);
+      follow(self);
+    }
+    if (s.stopping)
+      return;
+    int64_t now = steady_ms();
+    if (now - s.last_crash[which] > 60000)
+      s.restarts[which] = 0;
+    s.last_crash[which] = now;
+    auto delay = std::min(milliseconds(100) * (1 << std::min(s.restarts[which]++, 6)), milliseconds(5000));
+    TALLY_ERROR("flush_supervisor", child_names[which] << " actor died (" << caf::to_string(msg.reason)
+                                                       << "); restarting it in " << delay.count() << " ms");
+    self->delayed_send(self, delay, restart_atom::value, which);
+  });
+  for (int i = 0; i < child_count; ++i)
+    start_child(self, i);
+  return {
+    [=](lease_atom, bool held, uint64_t epoch) {
+      auto& s = self->state;
+      if (self->current_sender() != s.children[lease_child].address() || s.stopping)
+        return;
+      if (held) {
+        s.leading = true;
+        s.epoch = epoch;
+        if (s.children[flusher_child])
+          self->send(s.children[flusher_child], lead_atom::value, epoch);
+      } else {
+        follow(self);
+      }
+    },
+    [=](fenced_atom, uint64_t database_epoch) {
+      auto& s = self->state;
+      s.leading = false;
+      if (s.children[lease_child])
+        self->send(s.children[lease_child], drop_atom::value);
+      (void)database_epoch;
+    },
+    [=](restart_atom, int which) {
+      auto& s = self->state;
+      if (!s.stopping && !s.children[which]) {
+        TALLY_INFO("flush_supervisor", "restarting the " << child_names[which] << " actor");
+        start_child(self, which);
+      }
+    },
+    [=](fstop_atom, int64_t deadline) -> caf::result<bool> {
+      auto& s = self->state;
+      auto rp = self->make_response_promise();
+      if (s.stopping)
+        return false;
+      s.stopping = true;
+      if (s.leading || !s.children[lease_child]) {
+        stop_children(self, rp, deadline);
+        return rp;
+      }
+      // The last instance to stop should still flush what is left in Redis.
+      self->request(s.children[lease_child], seconds(10), acquire_atom::value)
+        .then(
+          [=](uint64_t epoch) {
+            auto& s2 = self->state;
+            if (epoch != 0 && s2.children[flusher_child]) {
+              s2.leading = true;
+              s2.epoch = epoch;
+              self->send(s2.children[flusher_child], lead_atom::value, epoch);
+            }
+            stop_children(self, rp, deadline);
+          },
+          [=](caf::error&) { stop_children(self, rp, deadline); });
+      return rp;
+    },
+  };
+}
+
+} // namespace
+
+caf::actor spawn_flush_supervisor(caf::actor_system& sys, ingest_state& state, std::string instance_id) {
+  auto ctx = std::make_shared<flush_context>(state.cfg, std::move(instance_id), state.counters);
+  return sys.spawn(flush_supervisor, std::move(ctx));
+}
+
+} // namespace tally

@@ -1,0 +1,41 @@
+// actors/flush_supervisor.hpp — stage 2's root: owns the lease, the flusher
+// and the registry heartbeat, and restarts them.
+//
+// Concept: one flush supervisor per instance with a Postgres URL. Its four
+// children each own their blocking connections in a detached actor:
+//   lease     (lease.hpp)     takes / renews / releases the Redis lease and
+//                             the Postgres fencing epoch;
+//   flusher   (flusher.hpp)   moves, decodes and applies batches while leading;
+//   registry  (registry.hpp)  heartbeats this instance into Redis;
+//   retention (retention.hpp) keeps written batches until applied, re-pushes
+//                             those Redis lost (fed by the stage-1 writer).
+// The supervisor turns lease news into lead/follow orders for the flusher,
+// and a fence refusal into a lease drop. Children are linked; a child that
+// dies (anything but a normal exit) is respawned after a backoff (100 ms
+// doubling to 5 s, reset after a quiet minute); a dead lease actor first
+// stops the flusher, since nobody renews the lease any more.
+//
+// Stop (runtime::stop, after the stage-1 writer drained):
+//   fstop_atom, int64_t deadline_wall_ms -> bool
+//     1. not leading: try once to take the lease, so the last instance to
+//        stop still flushes what the fleet left in Redis;
+//     2. the flusher finishes (drains while leading, or rolls back), returns
+//        its inflight list, and stops cycling;
+//     3. the lease is released by compare-and-delete;
+//     4. the registry entry is deleted; the answer is sent; the supervisor exits.
+// Any other exit request ends it (and its linked children) at once.
+#pragma once
+
+#include "actors/flush_context.hpp"
+#include "actors/ingest.hpp"
+
+#include <caf/fwd.hpp>
+
+#include <string>
+
+namespace tally {
+
+/// Spawns the flush supervisor for `state.cfg` (postgres_url must be set).
+caf::actor spawn_flush_supervisor(caf::actor_system& sys, ingest_state& state, std::string instance_id);
+
+} // namespace tally

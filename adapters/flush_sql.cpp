@@ -1,0 +1,411 @@
+// adapters/flush_sql.cpp — see flush_sql.hpp.
+#include "adapters/flush_sql.hpp"
+
+#include "adapters/pg_schema.hpp"
+#include "core/failpoint.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <random>
+#include <thread>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <unistd.h>
+#include <unordered_map>
+
+namespace tally::adapters {
+
+namespace {
+
+// Test hook beside the failpoints: TALLY_STOPPOINT=<name> makes the process
+// stop itself (SIGSTOP) the first time it reaches <name>, as a VM pause or a
+// long GC would, so a test can freeze a leader at an exact moment and resume
+// it with SIGCONT. Compiled only with TALLY_FAILPOINTS.
+void stoppoint(const char* name) noexcept {
+#ifdef TALLY_FAILPOINTS
+  static const char* armed = std::getenv("TALLY_STOPPOINT");
+  static std::atomic<bool> fired{false};
+  if (armed == nullptr || std::string(armed) != name || fired.exchange(true))
+    return;
+  char line[160];
+  int n = std::snprintf(line, sizeof line, "stoppoint %s: SIGSTOP\n", name);
+  ssize_t rc = ::write(STDERR_FILENO, line, static_cast<size_t>(n));
+  (void)rc;
+  ::raise(SIGSTOP);
+#else
+  (void)name;
+#endif
+}
+
+std::string i128_text(__int128 v) {
+  if (v == 0)
+    return "0";
+  bool negative = v < 0;
+  unsigned __int128 u = negative ? -static_cast<unsigned __int128>(v) : static_cast<unsigned __int128>(v);
+  char buf[48];
+  int at = sizeof buf;
+  while (u > 0) {
+    buf[--at] = static_cast<char>('0' + static_cast<int>(u % 10));
+    u /= 10;
+  }
+  if (negative)
+    buf[--at] = '-';
+  return std::string(buf + at, sizeof buf - at);
+}
+
+// Key texts never hold control characters (ids are validated), so joining
+// with \x01 gives a string whose byte order is the tuple's order.
+std::string joined_key(const std::vector<std::string>& keys) {
+  size_t size = keys.size();
+  for (const auto& k : keys)
+    size += k.size();
+  std::string out;
+  out.reserve(size);
+  for (const auto& k : keys) {
+    out += k;
+    out.push_back('\x01');
+  }
+  return out;
+}
+
+int spec_index(const std::string& table) {
+  const auto& specs = rollup_specs();
+  for (size_t i = 0; i < specs.size(); ++i)
+    if (specs[i].table == table)
+      return static_cast<int>(i);
+  return -1;
+}
+
+// With deadlock priority: a flush's own deadlock check runs after it waited
+// longer than its lock_timeout (so never) and later than a foreign writer's
+// check under any sane server default.
+std::chrono::milliseconds priority_deadlock_timeout(const flush_settings& st) {
+  return std::max(st.lock_timeout + std::chrono::milliseconds(1000), std::chrono::milliseconds(10000));
+}
+
+// Upsert attempts per table inside one flush before the flush gives up
+// (and is retried as a whole by the caller, with backoff).
+constexpr int upsert_lock_attempts = 100;
+
+error_info with_context(const error_info& e, const std::string& what) {
+  return {e.code, what + ": " + e.message, e.sqlstate};
+}
+
+} // namespace
+
+std::string check_batch_shape(const batch& b) {
+  const auto& specs = rollup_specs();
+  for (const auto& t : b.tables) {
+    int i = spec_index(t.name);
+    if (i < 0)
+      return "unknown rollup table '" + t.name + "'";
+    if (t.key_columns != specs[i].key_columns() || t.measure_columns != specs[i].measure_columns())
+      return "columns of '" + t.name + "' differ from this build's rollup";
+    for (const auto& row : t.rows)
+      if (row.keys.size() != t.key_columns.size() || row.values.size() != t.measure_columns.size())
+        return "a row of '" + t.name + "' has the wrong number of columns";
+  }
+  return {};
+}
+
+merged_tables merge_batches(const std::vector<const batch*>& batches) {
+  const auto& specs = rollup_specs();
+  merged_tables out(specs.size());
+  std::vector<std::unordered_map<std::string, size_t>> index(specs.size());
+  for (const batch* b : batches)
+    for (const auto& t : b->tables) {
+      int s = spec_index(t.name);
+      if (s < 0)
+        continue;  // excluded by check_batch_shape before we get here
+      auto& rows = out[s];
+      for (const auto& row : t.rows) {
+        auto [it, fresh] = index[s].try_emplace(joined_key(row.keys), rows.size());
+        if (fresh) {
+          rows.push_back({row.keys, row.values});
+        } else {
+          auto& sum = rows[it->second].values;
+          for (size_t m = 0; m < sum.size(); ++m)
+            sum[m] += row.values[m];
+        }
+      }
+    }
+  // One global lock order for every flush: table (spec order), then key.
+  for (auto& rows : out)
+    std::sort(rows.begin(), rows.end(),
+              [](const merged_row& a, const merged_row& b) { return a.keys < b.keys; });
+  return out;
+}
+
+std::string format_nano_units(__int128 nanos) {
+  bool negative = nanos < 0;
+  unsigned __int128 u = negative ? -static_cast<unsigned __int128>(nanos) : static_cast<unsigned __int128>(nanos);
+  std::string whole = i128_text(static_cast<__int128>(u / 1000000000u));
+  std::string frac = std::to_string(static_cast<unsigned>(u % 1000000000u));
+  return (negative ? "-" : "") + whole + "." + std::string(9 - frac.size(), '0') + frac;
+}
+
+std::string upsert_sql(const std::string& schema, const rollup_spec& spec) {
+  auto keys = spec.key_columns();
+  auto measures = spec.measure_columns();
+  std::string cols, select, arrays, aliases, conflict, updates;
+  int param = 1;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    std::string col = quote_identifier(keys[i]);
+    std::string alias = "k" + std::to_string(i);
+    const char* type = key_column_type(spec, i);
+    cols += col + ", ";
+    select += "u." + alias + (std::string(type) == "text" ? "" : std::string("::") + type) + ", ";
+    arrays += (param > 1 ? ", $" : "$") + std::to_string(param) + "::text[]";
+    ++param;
+    aliases += alias + ", ";
+    conflict += (i ? ", " : "") + col;
+  }
+  for (size_t i = 0; i < measures.size(); ++i) {
+    std::string col = quote_identifier(measures[i]);
+    std::string alias = "m" + std::to_string(i);
+    cols += col + ", ";
+    select += "u." + alias + ", ";
+    arrays += ", $" + std::to_string(param++) + "::"
+              + (spec.measures[i] == measure::spend ? "numeric(38,9)" : "bigint") + "[]";
+    aliases += alias + ", ";
+    updates += col + " = t." + col + " + EXCLUDED." + col + ", ";
+  }
+  // The arrays arrive sorted by key; ORDER BY ordinality keeps that order
+  // (the lock order) without making Postgres sort again.
+  return "INSERT INTO " + qualified_table(schema, spec.table) + " AS t (" + cols + "updated_at) SELECT " + select
+         + "now() FROM unnest(" + arrays + ") WITH ORDINALITY AS u(" + aliases + "ord) ORDER BY u.ord"
+         + " ON CONFLICT (" + conflict + ") DO UPDATE SET " + updates + "updated_at = now()";
+}
+
+std::vector<std::string> upsert_params(const rollup_spec& spec, const std::vector<merged_row>& rows) {
+  size_t nkeys = spec.key_columns().size();
+  std::vector<std::string> params;
+  params.reserve(nkeys + spec.measures.size());
+  std::vector<std::string> column;
+  column.reserve(rows.size());
+  for (size_t k = 0; k < nkeys; ++k) {
+    column.clear();
+    for (const auto& r : rows)
+      column.push_back(r.keys[k]);
+    params.push_back(pg_text_array(column));
+  }
+  for (size_t m = 0; m < spec.measures.size(); ++m) {
+    column.clear();
+    for (const auto& r : rows)
+      column.push_back(spec.measures[m] == measure::spend ? format_nano_units(r.values[m])
+                                                            : i128_text(r.values[m]));
+    params.push_back(pg_text_array(column));
+  }
+  return params;
+}
+
+result<pg_rows> upsert_rows(pg_client& pg, const std::string& schema, const rollup_spec& spec,
+                            const std::vector<std::string>& params) {
+  return pg.exec_prepared("tally_upsert_" + spec.table, upsert_sql(schema, spec), params);
+}
+
+result<flush_outcome> flush_batches(pg_client& pg, const flush_settings& st,
+                                    const std::vector<const batch*>& batches,
+                                    const std::function<bool()>& still_leader) {
+  flush_outcome out;
+  auto rollback = [&] { (void)pg.exec("ROLLBACK"); };
+  if (!still_leader()) {
+    out.what = flush_outcome::kind::lease_lost;
+    return out;
+  }
+  const std::string applied_table = qualified_table(st.schema, "tally_applied_batches");
+  using clock = std::chrono::steady_clock;
+  auto started = clock::now();
+  auto elapsed = [](clock::time_point since) {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(clock::now() - since);
+  };
+
+  // Outside the transaction: which ids are new, their merged rows, and the
+  // statement parameters.
+  std::vector<std::string> ids;
+  ids.reserve(batches.size());
+  for (const batch* b : batches)
+    ids.push_back(b->id);
+  auto known = pg.exec_params("SELECT batch_id FROM " + applied_table + " WHERE batch_id = ANY($1::text[])",
+                              {pg_text_array(ids)});
+  if (!known)
+    return with_context(known.error(), "look up batch ids");
+  std::unordered_map<std::string, bool> applied_before;
+  for (const auto& row : known->rows)
+    applied_before[row[0]] = true;
+  std::vector<const batch*> apply;
+  std::vector<std::string> new_ids;
+  for (const batch* b : batches)
+    if (applied_before.count(b->id) == 0) {
+      apply.push_back(b);
+      new_ids.push_back(b->id);
+    }
+  out.batches_new = apply.size();
+  out.batches_duplicate = batches.size() - apply.size();
+  const auto& specs = rollup_specs();
+  std::vector<std::vector<std::string>> params(specs.size());
+  {
+    auto merged = merge_batches(apply);
+    for (size_t s = 0; s < specs.size(); ++s) {
+      if (merged[s].empty())
+        continue;
+      params[s] = upsert_params(specs[s], merged[s]);
+      out.rows += merged[s].size();
+      out.tables.push_back({specs[s].table, merged[s].size()});
+    }
+  }
+  out.prepare_time = elapsed(started);
+  if (apply.empty())
+    return out;  // everything was applied before: nothing to commit
+  auto transaction_started = clock::now();
+
+  stoppoint("flush_before_begin");
+  // lock_timeout stays below deadlock_timeout (see the header); the server's
+  // value is read in the same round trip.
+  std::string begin =
+    st.deadlock_priority
+      ? "BEGIN; SET LOCAL deadlock_timeout = " + std::to_string(priority_deadlock_timeout(st).count())
+          + "; SET LOCAL lock_timeout = " + std::to_string(st.lock_timeout.count()) + ";"
+      : "BEGIN; SELECT set_config('lock_timeout', GREATEST(1, LEAST(" + std::to_string(st.lock_timeout.count())
+          + ", (SELECT setting::bigint FROM pg_settings WHERE name = 'deadlock_timeout') * 4 / 5))::text, true);";
+  begin += " SET LOCAL statement_timeout = " + std::to_string(st.statement_timeout.count())
+           + "; SET LOCAL idle_in_transaction_session_timeout = "
+           + std::to_string(st.idle_in_transaction_timeout.count());
+  if (auto r = pg.exec(begin); !r) {
+    rollback();
+    return with_context(r.error(), "begin");
+  }
+  auto epoch = pg.exec_params("SELECT epoch FROM " + qualified_table(st.schema, "tally_lease")
+                                + " WHERE namespace = $1 FOR UPDATE",
+                              {st.ns});
+  if (!epoch) {
+    rollback();
+    return with_context(epoch.error(), "epoch check");
+  }
+  out.database_epoch = epoch->rows.empty() ? 0 : std::stoull(epoch->rows[0][0]);
+  if (out.database_epoch != st.epoch) {
+    rollback();
+    out.what = flush_outcome::kind::fenced;
+    return out;
+  }
+  auto fresh = pg.exec_params("INSERT INTO " + applied_table
+                                + " (batch_id, epoch, leader) SELECT b, $2, $3 FROM unnest($1::text[]) AS b"
+                                  " ON CONFLICT (batch_id) DO NOTHING RETURNING batch_id",
+                              {pg_text_array(new_ids), std::to_string(st.epoch), st.leader});
+  if (!fresh) {
+    rollback();
+    return with_context(fresh.error(), "record batch ids");
+  }
+  if (fresh->rows.size() != new_ids.size()) {
+    rollback();
+    return error_info{static_cast<int>(pg_errc::query_failed),
+                      "record batch ids: " + std::to_string(new_ids.size() - fresh->rows.size())
+                        + " were applied meanwhile; rolled back to merge again",
+                      "40001"};
+  }
+  // Tables in reverse rollups order: any fixed order keeps flushes from
+  // deadlocking each other, and this one puts the entity totals (the hot
+  // rows gateways also update directly) last, so their row locks are held
+  // only from their own upsert to COMMIT, not while the big tables upsert.
+  for (size_t s = specs.size(); s-- > 0;) {
+    if (params[s].empty())
+      continue;
+    // Each upsert runs under a savepoint with a short lock_timeout that
+    // grows per attempt (capped as above). A foreign writer locking rows in
+    // random order can trap a waiting flush in a lock cycle; rolling back
+    // to the savepoint releases the rows this statement locked, the foreign
+    // transaction finishes, and the upsert tries again at once, instead of
+    // the whole flush failing after the full lock_timeout and being redone.
+    std::mt19937 rng(std::random_device{}());
+    result<pg_rows> r = error_info{};
+    for (int attempt = 0;; ++attempt) {
+      // Short waits first: inside a lock cycle waiting longer never helps,
+      // and a short wait frees the foreign writer sooner.
+      long long wait_ms = std::min<long long>(st.lock_timeout.count(), 25LL * (1 + attempt / 10));
+      auto sp = pg.exec(st.deadlock_priority
+                          ? std::string("SAVEPOINT tally_upsert")  // waits win every cycle: full lock_timeout
+                          : "SAVEPOINT tally_upsert; SELECT set_config('lock_timeout', GREATEST(1, LEAST("
+                              + std::to_string(wait_ms)
+                              + ", (SELECT setting::bigint FROM pg_settings WHERE name = 'deadlock_timeout') * 4 / 5))"
+                                "::text, true)");
+      if (!sp) {
+        rollback();
+        return with_context(sp.error(), "savepoint");
+      }
+      r = upsert_rows(pg, st.schema, specs[s], params[s]);
+      if (r || r.error().sqlstate != "55P03" || attempt + 1 >= upsert_lock_attempts || !still_leader())
+        break;
+      if (auto back = pg.exec("ROLLBACK TO SAVEPOINT tally_upsert"); !back) {
+        rollback();
+        return with_context(back.error(), "rollback to savepoint");
+      }
+      ++out.lock_retries;
+      std::this_thread::sleep_for(std::chrono::milliseconds(1 + rng() % 10));
+    }
+    if (!r) {
+      rollback();
+      return with_context(r.error(), "upsert " + specs[s].table);
+    }
+  }
+  if (!still_leader()) {
+    rollback();
+    out.what = flush_outcome::kind::lease_lost;
+    return out;
+  }
+  TALLY_FAILPOINT("flush_before_commit");
+  stoppoint("flush_before_commit");
+  if (auto r = pg.exec("COMMIT"); !r) {
+    rollback();
+    return with_context(r.error(), "commit");
+  }
+  out.transaction_time = elapsed(transaction_started);
+  return out;
+}
+
+result<bool> can_take_deadlock_priority(pg_client& pg) {
+  auto version = pg.exec("SELECT current_setting('server_version_num')::int");
+  if (!version)
+    return with_context(version.error(), "server version");
+  bool pg15 = std::stoi(version->rows.at(0).at(0)) >= 150000;
+  auto r = pg.exec(pg15 ? "SELECT has_parameter_privilege('deadlock_timeout', 'SET')"
+                        : "SELECT rolsuper FROM pg_roles WHERE rolname = current_user");
+  if (!r)
+    return with_context(r.error(), "deadlock_timeout privilege");
+  return !r->rows.empty() && r->rows[0][0] == "t";
+}
+
+result<uint64_t> take_epoch(pg_client& pg, const std::string& schema, const std::string& ns,
+                            const std::string& holder, std::chrono::milliseconds lock_timeout) {
+  if (auto r = pg.exec("BEGIN; SET LOCAL lock_timeout = " + std::to_string(lock_timeout.count())); !r) {
+    (void)pg.exec("ROLLBACK");
+    return with_context(r.error(), "epoch begin");
+  }
+  auto epoch = pg.exec_params("INSERT INTO " + qualified_table(schema, "tally_lease")
+                                + " AS l (namespace, epoch, holder, updated_at) VALUES ($1, 1, $2, now())"
+                                  " ON CONFLICT (namespace) DO UPDATE SET epoch = l.epoch + 1,"
+                                  " holder = EXCLUDED.holder, updated_at = now() RETURNING epoch",
+                              {ns, holder});
+  if (!epoch || epoch->rows.empty()) {
+    (void)pg.exec("ROLLBACK");
+    if (!epoch)
+      return with_context(epoch.error(), "epoch increment");
+    return error_info{static_cast<int>(pg_errc::query_failed), "epoch increment returned no row", {}};
+  }
+  if (auto r = pg.exec("COMMIT"); !r) {
+    (void)pg.exec("ROLLBACK");
+    return with_context(r.error(), "epoch commit");
+  }
+  return static_cast<uint64_t>(std::stoull(epoch->rows[0][0]));
+}
+
+result<long> prune_applied_batches(pg_client& pg, const std::string& schema, std::chrono::hours retention) {
+  auto r = pg.exec_params("DELETE FROM " + qualified_table(schema, "tally_applied_batches")
+                            + " WHERE applied_at < now() - make_interval(hours => $1::int)",
+                          {std::to_string(retention.count())});
+  if (!r)
+    return with_context(r.error(), "prune applied batches");
+  return r->affected;
+}
+
+} // namespace tally::adapters

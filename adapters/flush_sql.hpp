@@ -1,0 +1,147 @@
+// adapters/flush_sql.hpp — the one-transaction flush (design §5) and the
+// fencing epoch, over a blocking pg_client.
+//
+// One flush, in one transaction, in this order:
+//
+//   BEGIN; lock_timeout, statement_timeout, idle_in_transaction_session_timeout (all LOCAL)
+//   SELECT epoch FROM tally_lease WHERE namespace = $ns FOR UPDATE   -- must be ours, else ROLLBACK
+//   INSERT INTO tally_applied_batches SELECT unnest($ids) ... ON CONFLICT DO NOTHING RETURNING batch_id
+//   -- merge the rows of the returned (new) batches only, keys merged so no row appears twice
+//   per rollup table in reverse rollup_specs() order (entity totals last), rows sorted by key:
+//     INSERT ... SELECT FROM unnest($1::text[], ...) WITH ORDINALITY ORDER BY ordinality
+//       ON CONFLICT (key) DO UPDATE SET m = t.m + EXCLUDED.m, updated_at = now()
+//   COMMIT
+//
+// Why each piece:
+//  * The FOR UPDATE on the lease row serializes a flush against a new
+//    leader's epoch increment (take_epoch), so a paused ex-leader either
+//    committed before the new epoch existed or sees it and rolls back.
+//  * Batch ids recorded in the same transaction make a re-applied batch
+//    (crash after commit, re-pushed copy) a no-op: exactly once.
+//  * Every tally transaction locks rows in one global order (table, then key
+//    in byte order), so two flushes can never deadlock each other. Against
+//    foreign writers that lock rows in random order a cycle is possible; the
+//    effective lock_timeout is kept below the server's deadlock_timeout, so a
+//    tally flush that would wait into a cycle gives up with a lock timeout
+//    (55P03) before Postgres could pick it as the deadlock victim: tally's
+//    flushes never fail with 40P01, the foreign writer's may.
+//    Deadlock priority: when the role may set deadlock_timeout, a flush sets
+//    it (LOCAL) above its own lock_timeout and above the server default, so
+//    in a cycle with a foreign writer it is always the foreign transaction
+//    whose deadlock check runs first and aborts; the flush just waits about
+//    one deadlock_timeout. Without the privilege tally yields instead:
+//    Each upsert
+//    runs under a savepoint with a short, growing lock_timeout: on 55P03 it
+//    rolls back to the savepoint (releasing what it locked, which breaks the
+//    cycle) and tries again at once, so hot rows shared with foreign writers
+//    cost retries of one statement, not of the whole flush.
+//  * idle_in_transaction_session_timeout makes the server end the session of
+//    a leader frozen inside the transaction (SIGSTOP, VM pause), so it cannot
+//    hold the lease row lock, and thereby block a new leader, forever. It is
+//    set LOCAL in every transaction, so a silent reconnect cannot lose it.
+//  * A sanity callback (`still_leader`) is checked before BEGIN and before
+//    COMMIT: losing the Redis lease rolls an open flush back at once. The
+//    fence, not this check, is what makes it correct.
+#pragma once
+
+#include "adapters/batch_codec.hpp"
+#include "adapters/pg_client.hpp"
+#include "core/rollup.hpp"
+#include "core/result.hpp"
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace tally::adapters {
+
+struct flush_settings {
+  std::string schema = "public";
+  std::string ns;
+  std::string leader;  // instance id, recorded with each applied batch
+  uint64_t epoch = 0;
+  std::chrono::milliseconds lock_timeout{5000};
+  std::chrono::milliseconds statement_timeout{30000};
+  std::chrono::milliseconds idle_in_transaction_timeout{10000};
+  /// The role may SET deadlock_timeout (superuser, or PG15+ GRANT SET ON
+  /// PARAMETER): see deadlock priority above. From can_take_deadlock_priority().
+  bool deadlock_priority = false;
+};
+
+/// Whether the connected role may set deadlock_timeout for its own
+/// transactions (superuser, or on PG 15+ `GRANT SET ON PARAMETER
+/// deadlock_timeout TO <role>`).
+result<bool> can_take_deadlock_priority(pg_client& pg);
+
+struct table_count {
+  std::string table;
+  size_t rows = 0;
+};
+
+struct flush_outcome {
+  enum class kind { committed, fenced, lease_lost };
+  kind what = kind::committed;
+  uint64_t database_epoch = 0;  // the epoch found in tally_lease
+  size_t batches_new = 0;       // ids recorded by this transaction
+  size_t batches_duplicate = 0; // ids that were already applied, skipped
+  size_t rows = 0;              // rows upserted over all tables
+  std::vector<table_count> tables;
+  size_t lock_retries = 0;       // upserts retried after a short lock timeout
+  std::chrono::milliseconds prepare_time{0};      // lookup, merge, parameters (before BEGIN)
+  std::chrono::milliseconds transaction_time{0};  // BEGIN .. COMMIT
+};
+
+/// One merged rollup row: key texts in key-column order, measure values.
+struct merged_row {
+  std::vector<std::string> keys;
+  std::vector<__int128> values;
+};
+
+/// Rows per rollup (index = rollup_specs() index), merged and sorted by key.
+using merged_tables = std::vector<std::vector<merged_row>>;
+
+/// "" when every table of `b` is a rollup of this build with the same
+/// columns; else why not (such a batch cannot be applied and is dead-lettered).
+std::string check_batch_shape(const batch& b);
+
+/// Sums the rows of `batches` per rollup and key; sorts every table by key.
+merged_tables merge_batches(const std::vector<const batch*>& batches);
+
+/// Formats nano-units as an exact decimal with nine fractional digits.
+std::string format_nano_units(__int128 nanos);
+
+/// The upsert statement of one rollup (parameters: one array per key
+/// column as text[], then one per measure as numeric[] / bigint[]).
+std::string upsert_sql(const std::string& schema, const rollup_spec& spec);
+
+/// The upsert parameters of one rollup's rows: one text-array literal per
+/// key column, then per measure. Built before BEGIN, so the transaction
+/// spends its time in Postgres, not idle while the client formats arrays.
+std::vector<std::string> upsert_params(const rollup_spec& spec, const std::vector<merged_row>& rows);
+
+/// Runs the upsert of one rollup's rows (inside the caller's transaction).
+result<pg_rows> upsert_rows(pg_client& pg, const std::string& schema, const rollup_spec& spec,
+                            const std::vector<std::string>& params);
+
+/// Applies `batches` (already shape-checked) in one transaction as described
+/// above. Blocking. Ids already in tally_applied_batches are looked up and
+/// the rest merged before BEGIN (after take_epoch nobody else can commit in
+/// this namespace, so the answer holds; if the INSERT ... RETURNING inside
+/// the transaction disagrees anyway, it rolls back with SQLSTATE 40001 and
+/// the caller retries). An error leaves nothing applied (rolled back, or the
+/// COMMIT's fate is unknown, which the dedup table makes harmless to retry).
+result<flush_outcome> flush_batches(pg_client& pg, const flush_settings& settings,
+                                    const std::vector<const batch*>& batches,
+                                    const std::function<bool()>& still_leader);
+
+/// Increments the namespace's fencing epoch (creating the row at 1) and
+/// returns it, committed. Blocking, bounded by `lock_timeout` on the row.
+result<uint64_t> take_epoch(pg_client& pg, const std::string& schema, const std::string& ns,
+                            const std::string& holder, std::chrono::milliseconds lock_timeout);
+
+/// Deletes applied-batch ids older than `retention`; returns how many.
+result<long> prune_applied_batches(pg_client& pg, const std::string& schema, std::chrono::hours retention);
+
+} // namespace tally::adapters

@@ -1,0 +1,240 @@
+// bench/flush_bench.cpp — stage 2's contention paths against a real postgres.
+//
+//  * BM_Upsert/<strategy>/<rows>: one flush's upsert of `rows` merged
+//    tally_daily rows (half of them hitting existing rows), in one
+//    transaction that is rolled back so every iteration sees the same table.
+//    strategy 0 = unnest arrays (what tally uses), 1 = multi-row VALUES in
+//    statements of 1000 rows (the usual alternative; pg_client has no COPY).
+//  * BM_DirectWriters: the problem itself. 16 threads, each event one
+//    transaction of `UPDATE tally_spend SET spend = spend + x` on 4 of 100
+//    hot rows in random order, as gateways do. Counters: events/s, deadlocks.
+//  * BM_ThroughTally: the same event count through an embedded tally runtime
+//    (16 recording threads, Redis stage 1, flush to Postgres) until Postgres
+//    holds every event. Counters: events/s, deadlocks (always 0 by design).
+//
+// Servers are started once per process (tests/harness). Run:
+//   build/bench/flush_bench --benchmark_min_time=1
+// Results and commands are recorded in bench/README.md.
+#include "adapters/flush_sql.hpp"
+#include "adapters/pg_client.hpp"
+#include "adapters/pg_schema.hpp"
+#include "tally/tally.hpp"
+#include "tests/harness/servers.hpp"
+
+#include <benchmark/benchmark.h>
+
+#include <atomic>
+#include <memory>
+#include <random>
+#include <thread>
+
+using namespace tally;
+using namespace std::chrono_literals;
+
+namespace {
+
+struct servers {
+  testing::redis_server redis;
+  testing::postgres_server pg;
+  servers() {
+    auto c = adapters::pg_client::connect(pg.url(), 5000ms);
+    if (!c || !adapters::migrate_schema(*c, "public"))
+      throw std::runtime_error("bench: cannot migrate");
+  }
+};
+
+servers& env() {
+  static servers s;
+  return s;
+}
+
+std::vector<adapters::merged_row> daily_rows(size_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<adapters::merged_row> rows;
+  rows.reserve(n);
+  for (size_t i = 0; i < n; ++i) {
+    adapters::merged_row r;
+    r.keys = {"2026-11-22", "user", "user-" + std::to_string(rng() % 1000), "key-" + std::to_string(i),
+              "gpt-4o", "openai", "/v1/chat/completions"};
+    r.values = {static_cast<__int128>(rng() % 100000000), 10, 20, 0, 0, 1, 1, 0};
+    rows.push_back(std::move(r));
+  }
+  std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.keys < b.keys; });
+  return rows;
+}
+
+std::string values_sql(const rollup_spec& spec, size_t rows) {
+  auto keys = spec.key_columns();
+  auto measures = spec.measure_columns();
+  size_t width = keys.size() + measures.size();
+  std::string cols, updates;
+  for (auto& k : keys)
+    cols += k + ", ";
+  for (auto& m : measures) {
+    cols += m + ", ";
+    updates += m + " = t." + m + " + EXCLUDED." + m + ", ";
+  }
+  std::string sql = "INSERT INTO tally_daily AS t (" + cols + "updated_at) VALUES ";
+  for (size_t r = 0; r < rows; ++r) {
+    sql += r ? ", (" : "(";
+    for (size_t c = 0; c < width; ++c) {
+      std::string p = "$" + std::to_string(r * width + c + 1);
+      sql += p + (c == 0 ? "::date" : c >= keys.size() ? (c == keys.size() ? "::numeric" : "::bigint") : "") + ", ";
+    }
+    sql += "now())";
+  }
+  std::string conflict;
+  for (size_t i = 0; i < keys.size(); ++i)
+    conflict += (i ? ", " : "") + keys[i];
+  return sql + " ON CONFLICT (" + conflict + ") DO UPDATE SET " + updates + "updated_at = now()";
+}
+
+void BM_Upsert(benchmark::State& state) {
+  const int strategy = static_cast<int>(state.range(0));
+  const size_t n = static_cast<size_t>(state.range(1));
+  auto conn = adapters::pg_client::connect(env().pg.url(), 5000ms);
+  const auto& spec = rollup_specs()[1];
+  auto rows = daily_rows(n, 1);
+  // Half the rows exist already, so the upsert updates and inserts.
+  {
+    std::vector<adapters::merged_row> half(rows.begin(), rows.begin() + n / 2);
+    (void)conn->exec("TRUNCATE tally_daily");
+    (void)adapters::upsert_rows(*conn, "public", spec, adapters::upsert_params(spec, half));
+  }
+  for (auto _ : state) {
+    (void)conn->exec("BEGIN");
+    if (strategy == 0) {
+      auto r = adapters::upsert_rows(*conn, "public", spec, adapters::upsert_params(spec, rows));
+      if (!r)
+        state.SkipWithError(r.error().message.c_str());
+    } else {
+      constexpr size_t per_statement = 1000;
+      for (size_t at = 0; at < rows.size(); at += per_statement) {
+        size_t count = std::min(per_statement, rows.size() - at);
+        std::vector<std::string> params;
+        for (size_t r = at; r < at + count; ++r) {
+          for (auto& k : rows[r].keys)
+            params.push_back(k);
+          for (size_t m = 0; m < rows[r].values.size(); ++m)
+            params.push_back(m == 0 ? adapters::format_nano_units(rows[r].values[m])
+                                    : std::to_string(static_cast<long long>(rows[r].values[m])));
+        }
+        auto res = conn->exec_params(values_sql(spec, count), params);
+        if (!res)
+          state.SkipWithError(res.error().message.c_str());
+      }
+    }
+    (void)conn->exec("ROLLBACK");
+  }
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * n));
+}
+BENCHMARK(BM_Upsert)->ArgsProduct({{0, 1}, {1000, 20000}})->Unit(benchmark::kMillisecond)->UseRealTime();
+
+constexpr int hot_rows = 100;
+constexpr int writers = 16;
+
+void seed_hot_rows(adapters::pg_client& c) {
+  (void)c.exec("TRUNCATE tally_spend");
+  (void)c.exec("INSERT INTO tally_spend (entity_type, scope, entity_id) SELECT 'key', '', 'hot-' || g FROM "
+               "generate_series(0, " + std::to_string(hot_rows - 1) + ") g");
+}
+
+void BM_DirectWriters(benchmark::State& state) {
+  const auto events_per_writer = static_cast<int>(state.range(0));
+  for (auto _ : state) {
+    state.PauseTiming();
+    {
+      auto c = adapters::pg_client::connect(env().pg.url(), 5000ms);
+      seed_hot_rows(*c);
+    }
+    std::atomic<long> deadlocks{0}, done{0};
+    state.ResumeTiming();
+    std::vector<std::thread> threads;
+    for (int w = 0; w < writers; ++w)
+      threads.emplace_back([&, w] {
+        auto c = adapters::pg_client::connect(env().pg.url(), 5000ms);
+        std::mt19937_64 rng(w);
+        for (int e = 0; e < events_per_writer;) {
+          bool ok = c->exec("BEGIN").ok();
+          for (int r = 0; r < 4 && ok; ++r) {
+            auto res = c->exec_params("UPDATE tally_spend SET spend = spend + 0.000042 WHERE entity_type = 'key'"
+                                      " AND scope = '' AND entity_id = $1",
+                                      {"hot-" + std::to_string(rng() % hot_rows)});
+            if (!res) {
+              ok = false;
+              if (res.error().sqlstate == "40P01")
+                ++deadlocks;
+            }
+          }
+          if (ok && c->exec("COMMIT").ok()) {
+            ++e;
+            ++done;
+          } else {
+            (void)c->exec("ROLLBACK");
+          }
+        }
+      });
+    for (auto& t : threads)
+      t.join();
+    state.counters["deadlocks"] += static_cast<double>(deadlocks.load());
+  }
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * writers * events_per_writer);
+}
+BENCHMARK(BM_DirectWriters)->Arg(40)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+void BM_ThroughTally(benchmark::State& state) {
+  const auto events_per_writer = static_cast<int>(state.range(0));
+  static int round = 0;
+  for (auto _ : state) {
+    state.PauseTiming();
+    config cfg;
+    cfg.ns = "bench" + std::to_string(round++);
+    cfg.instance_id = "bench";
+    cfg.redis_urls = {env().redis.url()};
+    cfg.postgres_url = env().pg.url();
+    cfg.buffer_interval = 50ms;
+    cfg.flush_interval = 50ms;
+    cfg.lease_ttl = 2000ms;
+    {
+      auto c = adapters::pg_client::connect(env().pg.url(), 5000ms);
+      seed_hot_rows(*c);
+    }
+    runtime rt;
+    if (auto err = rt.start(cfg); !err.empty()) {
+      state.SkipWithError(err.c_str());
+      return;
+    }
+    state.ResumeTiming();
+    std::vector<std::thread> threads;
+    for (int w = 0; w < writers; ++w)
+      threads.emplace_back([&, w] {
+        std::mt19937_64 rng(w);
+        std::string key;
+        for (int e = 0; e < events_per_writer; ++e) {
+          key = "hot-" + std::to_string(rng() % hot_rows);
+          event ev;
+          ev.id(field::key) = key;
+          ev.spend = 42000;
+          while (rt.record(ev).code == errc::backpressure)
+            std::this_thread::yield();
+        }
+      });
+    for (auto& t : threads)
+      t.join();
+    rt.stop();  // drains stage 1 and flushes the rest while leading
+    state.PauseTiming();
+    auto c = adapters::pg_client::connect(env().pg.url(), 5000ms);
+    auto total = c->exec("SELECT coalesce(sum(requests), 0) FROM tally_spend WHERE entity_type = 'key'");
+    long long want = static_cast<long long>(writers) * events_per_writer;
+    if (!total || std::stoll(total->rows[0][0]) != want)
+      state.SkipWithError("tally did not flush every event");
+    state.ResumeTiming();
+  }
+  state.counters["deadlocks"] = 0;
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * writers * events_per_writer);
+}
+BENCHMARK(BM_ThroughTally)->Arg(5000)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+} // namespace
+
+BENCHMARK_MAIN();

@@ -1,0 +1,564 @@
+// tests/flush_test.cpp — stage 2 against real redis-server and postgres:
+// exactly-once flushing under crashes, fencing, restarts, corrupt input and
+// a foreign writer (issue 3, "Done means").
+//
+// Every test ends by comparing every row of tally_spend, tally_daily and
+// tally_minute, read back with psql, with the ground truth computed
+// independently from the generated events (tests/support/workload.hpp):
+// spend to the nano-unit, every count.
+//
+// Processes: tally_driver records a slice of the workload (with --postgres it
+// also flushes); flush_node (tests/flush_node.cpp) runs a flushing instance
+// until SIGTERM and is what the crash tests kill, so that only the flush path
+// is under test (a killed *producer* may lose its last buffer interval by
+// design, §2).
+#include "adapters/flush_sql.hpp"
+#include "adapters/pg_client.hpp"
+#include "core/rollup.hpp"
+#include "tests/harness/servers.hpp"
+#include "tests/support/workload.hpp"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <deque>
+#include <mutex>
+#include <csignal>
+#include <fstream>
+#include <map>
+#include <random>
+#include <sstream>
+#include <sys/wait.h>
+#include <thread>
+
+using namespace tally;
+using namespace tally::testing;
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr uint64_t seed = 7;
+constexpr const char* ns = "t";
+
+std::string slurp(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+bool contains(const std::string& path, const std::string& text) {
+  return slurp(path).find(text) != std::string::npos;
+}
+
+rollup_rows reference(uint64_t from, uint64_t to) {
+  rollup_rows rows;
+  for (uint64_t i = from; i < to; ++i)
+    add_reference(rows, generate(seed, i));
+  return rows;
+}
+
+__int128 parse_i128(const std::string& s) {
+  __int128 v = 0;
+  bool neg = !s.empty() && s[0] == '-';
+  for (size_t i = neg ? 1 : 0; i < s.size(); ++i)
+    v = v * 10 + (s[i] - '0');
+  return neg ? -v : v;
+}
+
+std::vector<std::string> split(const std::string& line, char sep) {
+  std::vector<std::string> out;
+  std::string cur;
+  for (char c : line) {
+    if (c == sep) {
+      out.push_back(cur);
+      cur.clear();
+    } else {
+      cur.push_back(c);
+    }
+  }
+  out.push_back(cur);
+  return out;
+}
+
+/// Every rollup row in Postgres, keys as the reference writes them, spend
+/// in nano-units (exact: numeric * 1e9 cast to an integer numeric).
+rollup_rows read_postgres(const postgres_server& pg) {
+  rollup_rows out;
+  for (const auto& spec : rollup_specs()) {
+    auto keys = spec.key_columns();
+    std::string select;
+    for (size_t i = 0; i < keys.size(); ++i) {
+      std::string col = keys[i];
+      if (spec.bucket == time_bucket::day && i == 0)
+        col = "day::text";
+      else if (spec.bucket == time_bucket::minute && i == 0)
+        col = "to_char(minute AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:00') || '+00'";
+      select += (i ? ", " : "") + col;
+    }
+    for (measure m : spec.measures)
+      select += m == measure::spend ? std::string(", (spend * 1000000000)::numeric(38,0)")
+                                    : std::string(", ") + to_string(m);
+    auto text = pg.psql("SELECT " + select + " FROM " + spec.table);
+    auto& table = out[spec.table];
+    std::istringstream in(text);
+    std::string line;
+    while (std::getline(in, line)) {
+      if (line.empty())
+        continue;
+      auto cols = split(line, '|');
+      std::vector<std::string> key(cols.begin(), cols.begin() + keys.size());
+      std::vector<__int128> values;
+      for (size_t i = keys.size(); i < cols.size(); ++i)
+        values.push_back(parse_i128(cols[i]));
+      table[key] = values;
+    }
+  }
+  return out;
+}
+
+long long redis_int(const redis_server& redis, std::vector<std::string> args) {
+  auto r = redis_command(redis.port(), args);
+  return r.type == ':' ? std::stoll(r.value) : -1;
+}
+
+std::string key(const std::string& suffix) {
+  return std::string("{tally:") + ns + "}:" + suffix;
+}
+
+/// A child process (tally_driver or flush_node) with its log; SIGKILLed
+/// when the test ends, whatever happened.
+struct proc {
+  pid_t pid = -1;
+  std::string log;
+  std::string name;
+
+  bool alive() const { return pid > 0 && process_exists(pid); }
+  void signal(int sig) const {
+    if (pid > 0)
+      ::kill(pid, sig);
+  }
+  /// Last value of `field=` in a "node:"/"driver:" progress line, or -1.
+  long long stat(const std::string& field) const {
+    auto text = slurp(log);
+    auto at = text.rfind(" " + field + "=");
+    if (at == std::string::npos)
+      return -1;
+    return std::atoll(text.c_str() + at + field.size() + 2);
+  }
+};
+
+struct procs {
+  std::deque<proc> all;  // stable references
+  ~procs() {
+    for (auto& p : all)
+      if (p.pid > 0) {
+        ::kill(p.pid, SIGCONT);
+        ::kill(p.pid, SIGKILL);
+        wait_process(p.pid, 10s);
+      }
+  }
+  proc& start(const std::string& name, std::vector<std::string> args, const std::vector<std::string>& env = {}) {
+    proc p;
+    p.name = name;
+    p.log = ::testing::TempDir() + "/flush-" + name + "-" + std::to_string(getpid()) + "-"
+            + std::to_string(all.size()) + ".log";
+    std::remove(p.log.c_str());
+    if (!env.empty()) {
+      args.insert(args.begin(), env.begin(), env.end());
+      args.insert(args.begin(), "env");
+    }
+    p.pid = spawn_process(args, p.log);
+    all.push_back(p);
+    return all.back();
+  }
+};
+
+std::vector<std::string> node_args(const std::string& redis_url, const std::string& pg_url, const std::string& id,
+                                   int lease_ms = 1000, int flush_ms = 100) {
+  return {TALLY_FLUSH_NODE_PATH, "--redis", redis_url, "--ns", ns, "--instance", id, "--postgres", pg_url,
+          "--flush-ms", std::to_string(flush_ms), "--lease-ms", std::to_string(lease_ms)};
+}
+
+std::vector<std::string> producer_args(const std::string& redis_url, const std::string& id, uint64_t from,
+                                       uint64_t to) {
+  return {TALLY_DRIVER_PATH, "--redis", redis_url, "--ns", ns, "--instance", id, "--seed", std::to_string(seed),
+          "--from", std::to_string(from), "--to", std::to_string(to), "--threads", "1", "--buffer-ms", "100"};
+}
+
+void expect_exit_ok(const proc& p, std::chrono::milliseconds deadline) {
+  int status = wait_process(p.pid, deadline);
+  ASSERT_NE(status, -1) << p.name << " did not finish; log tail:\n" << slurp(p.log).substr(0, 4000);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << p.name << " failed; log:\n" << slurp(p.log);
+}
+
+/// Waits until `p` died of SIGKILL (a failpoint fired).
+void expect_killed(const proc& p, std::chrono::milliseconds deadline) {
+  int status = wait_process(p.pid, deadline);
+  ASSERT_NE(status, -1) << p.name << " never reached its failpoint; log:\n" << slurp(p.log);
+  ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << p.name << " exited otherwise; log:\n"
+                                                                   << slurp(p.log);
+}
+
+/// SIGTERM and a clean exit (final flush, lease released).
+void stop_node(proc& p) {
+  // A SIGTERM before main() blocked it would kill the node outright.
+  ASSERT_TRUE(wait_for([&] { return p.stat("flushes") >= 0; }, 30s)) << p.name << " never came up";
+  p.signal(SIGTERM);
+  expect_exit_ok(p, 90s);
+  p.pid = -1;
+}
+
+/// Nothing waits in Redis: batches empty and the given inflight lists gone.
+bool redis_drained(const redis_server& redis, const std::vector<std::string>& ids) {
+  if (redis_int(redis, {"LLEN", key("batches")}) != 0)
+    return false;
+  for (const auto& id : ids)
+    if (redis_int(redis, {"LLEN", key("inflight:" + id)}) != 0)
+      return false;
+  return true;
+}
+
+/// Runs one more node that stops at once: its stop path takes the free
+/// lease and drains whatever the others left, then everything is in Postgres.
+void finish_with_fresh_node(procs& ps, const redis_server& redis, const postgres_server& pg) {
+  auto& f = ps.start("finisher", node_args(redis.url(), pg.url(), "finisher"));
+  stop_node(f);
+}
+
+void expect_postgres_equals(const postgres_server& pg, const rollup_rows& expected) {
+  auto got = read_postgres(pg);
+  EXPECT_EQ(diff_rows(expected, got), "");
+}
+
+/// One writer per epoch, as recorded with every applied batch.
+void expect_one_leader_per_epoch(const postgres_server& pg) {
+  EXPECT_EQ(pg.psql("SELECT epoch FROM tally_applied_batches GROUP BY epoch HAVING count(DISTINCT leader) > 1"), "");
+}
+
+} // namespace
+
+// Three instances in separate processes share Redis and Postgres and record
+// 1,000,000 events between them while flushing; afterwards every row equals
+// the truth and each epoch had one writer.
+TEST(Flush, ThreeInstancesMillionEventsExact) {
+  redis_server redis;
+  postgres_server pg;
+  procs ps;
+  constexpr uint64_t n = 1'000'000;
+  std::vector<proc*> drivers;
+  for (int k = 0; k < 3; ++k) {
+    auto args = producer_args(redis.url(), "i" + std::to_string(k), 0, n);
+    args.insert(args.end(), {"--stride", "3", "--offset", std::to_string(k), "--postgres", pg.url(), "--flush-ms",
+                             "200", "--lease-ms", "2000", "--buffer-ms", "200"});
+    drivers.push_back(&ps.start("three-" + std::to_string(k), args));
+  }
+  auto expected = reference(0, n);
+  for (auto* d : drivers)
+    expect_exit_ok(*d, 300s);
+  long long flushes = 0;
+  for (auto* d : drivers)
+    flushes += std::max(0LL, d->stat("flushes"));
+  EXPECT_GT(flushes, 0) << "the drivers themselves flushed nothing";
+  finish_with_fresh_node(ps, redis, pg);
+  EXPECT_TRUE(redis_drained(redis, {"i0", "i1", "i2", "finisher"}));
+  expect_postgres_equals(pg, expected);
+  expect_one_leader_per_epoch(pg);
+}
+
+// The leader is killed (SIGKILL) at every failpoint, twice each in a row, sometimes
+// restarted under the same id (own leftover inflight list), sometimes
+// replaced by a new id (orphaned inflight list of a dead instance), while
+// producers keep writing. Totals end exact.
+TEST(Flush, LeaderKilledAtEveryFailpoint) {
+  redis_server redis;
+  postgres_server pg;
+  procs ps;
+  const std::vector<std::string> points = {"flush_after_move", "flush_before_commit", "flush_after_commit",
+                                           "lease_after_acquire"};
+  constexpr uint64_t slice = 12'500;
+  uint64_t next = 0;
+  std::vector<std::string> ids;
+  int round = 0;
+  for (const auto& point : points) {
+    for (int repeat = 0; repeat < 2; ++repeat, ++round) {
+      auto& producer = ps.start("producer", producer_args(redis.url(), "p" + std::to_string(round), next, next + slice));
+      next += slice;
+      std::string id = (round % 2 == 0) ? "leader" : "leader-" + std::to_string(round);
+      ids.push_back(id);
+      auto& node = ps.start("fp-" + point, node_args(redis.url(), pg.url(), id),
+                            {"TALLY_FAILPOINT=" + point});
+      expect_exit_ok(producer, 120s);
+      expect_killed(node, 60s);
+      EXPECT_TRUE(contains(node.log, "failpoint " + point)) << slurp(node.log);
+      node.pid = -1;
+    }
+  }
+  auto& a = ps.start("after-a", node_args(redis.url(), pg.url(), "leader"));
+  auto& b = ps.start("after-b", node_args(redis.url(), pg.url(), "b"));
+  ids.push_back("b");
+  ASSERT_TRUE(wait_for([&] { return redis_drained(redis, ids); }, 120s)) << slurp(a.log) << slurp(b.log);
+  stop_node(a);
+  stop_node(b);
+  expect_postgres_equals(pg, reference(0, next));
+  expect_one_leader_per_epoch(pg);
+}
+
+// Whoever leads is SIGKILLed at a random moment of a producer's run, five
+// times, while two instances compete; killed ones come back.
+TEST(Flush, LeaderKilledAtRandomMoments) {
+  redis_server redis;
+  postgres_server pg;
+  procs ps;
+  constexpr uint64_t slice = 20'000;
+  std::vector<proc*> nodes = {&ps.start("rand-a", node_args(redis.url(), pg.url(), "a")),
+                              &ps.start("rand-b", node_args(redis.url(), pg.url(), "b"))};
+  std::mt19937 rng(42);
+  uint64_t next = 0;
+  for (int kill = 0; kill < 5; ++kill) {
+    proc* leader = nullptr;
+    ASSERT_TRUE(wait_for([&] {
+      for (auto* p : nodes)
+        if (p->stat("lease") == 1)
+          leader = p;
+      return leader != nullptr;
+    }, 60s));
+    auto& producer = ps.start("rand-producer", producer_args(redis.url(), "p" + std::to_string(kill), next, next + slice));
+    next += slice;
+    std::this_thread::sleep_for(std::chrono::milliseconds(rng() % 1500));  // the random moment, not a sync
+    leader->signal(SIGKILL);
+    wait_process(leader->pid, 10s);
+    leader->pid = -1;
+    std::string id = leader->name == "rand-a" ? "a" : "b";
+    proc& fresh = ps.start(leader->name, node_args(redis.url(), pg.url(), id));
+    for (auto*& p : nodes)
+      if (p == leader)
+        p = &fresh;
+    expect_exit_ok(producer, 120s);
+  }
+  ASSERT_TRUE(wait_for([&] { return redis_drained(redis, {"a", "b"}); }, 120s));
+  for (auto* p : nodes)
+    stop_node(*p);
+  expect_postgres_equals(pg, reference(0, next));
+  expect_one_leader_per_epoch(pg);
+}
+
+// The leader freezes (SIGSTOP) just before its flush transaction, holding
+// batches it moved; its lease expires and another instance takes over,
+// recovers the frozen one's inflight list and applies it. Resumed, the old
+// leader's transaction is refused by the fence. Totals exact.
+TEST(Flush, PausedLeaderIsFenced) {
+  redis_server redis;
+  postgres_server pg;
+  procs ps;
+  constexpr uint64_t n = 50'000;
+  auto& producer = ps.start("stop-producer", producer_args(redis.url(), "p", 0, n));
+  auto& a = ps.start("stop-a", node_args(redis.url(), pg.url(), "a"), {"TALLY_STOPPOINT=flush_before_begin"});
+  ASSERT_TRUE(wait_for([&] { return contains(a.log, "stoppoint flush_before_begin"); }, 60s)) << slurp(a.log);
+  auto& b = ps.start("stop-b", node_args(redis.url(), pg.url(), "b"));
+  ASSERT_TRUE(wait_for([&] { return b.stat("lease") == 1 && b.stat("flushes") > 0; }, 60s)) << slurp(b.log);
+  a.signal(SIGCONT);
+  ASSERT_TRUE(wait_for([&] { return contains(a.log, "flush refused by fence"); }, 30s)) << slurp(a.log);
+  expect_exit_ok(producer, 120s);
+  ASSERT_TRUE(wait_for([&] { return redis_drained(redis, {"a", "b"}); }, 120s));
+  stop_node(a);
+  stop_node(b);
+  expect_postgres_equals(pg, reference(0, n));
+  expect_one_leader_per_epoch(pg);
+}
+
+// Postgres is restarted while the leader is inside its flush transaction
+// (frozen just before COMMIT), then killed and restarted while batches flow.
+TEST(Flush, PostgresRestartedMidFlush) {
+  redis_server redis;
+  postgres_server pg;
+  procs ps;
+  constexpr uint64_t slice = 50'000;
+  auto& first = ps.start("pgr-producer", producer_args(redis.url(), "p1", 0, slice));
+  auto& a = ps.start("pgr-a", node_args(redis.url(), pg.url(), "a"), {"TALLY_STOPPOINT=flush_before_commit"});
+  ASSERT_TRUE(wait_for([&] { return contains(a.log, "stoppoint flush_before_commit"); }, 60s)) << slurp(a.log);
+  pg.restart();
+  a.signal(SIGCONT);
+  expect_exit_ok(first, 120s);
+  ASSERT_TRUE(wait_for([&] { return a.stat("flushes") > 0; }, 60s)) << slurp(a.log);
+  auto& second = ps.start("pgr-producer", producer_args(redis.url(), "p2", slice, 2 * slice));
+  pg.kill();
+  pg.start();
+  expect_exit_ok(second, 120s);
+  ASSERT_TRUE(wait_for([&] { return redis_drained(redis, {"a"}); }, 120s)) << slurp(a.log);
+  stop_node(a);
+  EXPECT_TRUE(contains(a.log, "flush of ")) << "no flush failed: the restart missed the transaction";
+  expect_postgres_equals(pg, reference(0, 2 * slice));
+}
+
+// Redis is killed mid-run and restarted from its append-only file, while a
+// producer writes and two instances flush.
+TEST(Flush, RedisRestartedMidRun) {
+  redis_server redis;  // appendonly yes, appendfsync always
+  postgres_server pg;
+  procs ps;
+  constexpr uint64_t slice = 50'000;
+  auto& first = ps.start("rr-producer", producer_args(redis.url(), "p1", 0, slice));
+  auto& a = ps.start("rr-a", node_args(redis.url(), pg.url(), "a"));
+  auto& b = ps.start("rr-b", node_args(redis.url(), pg.url(), "b"));
+  ASSERT_TRUE(wait_for([&] { return a.stat("flushes") + b.stat("flushes") > 0; }, 60s));
+  auto& second = ps.start("rr-producer", producer_args(redis.url(), "p2", slice, 2 * slice));
+  redis.kill();
+  ASSERT_TRUE(wait_for([&] { return contains(second.log, "failed"); }, 30s)) << slurp(second.log);
+  redis.start();
+  expect_exit_ok(first, 120s);
+  expect_exit_ok(second, 120s);
+  ASSERT_TRUE(wait_for([&] { return redis_drained(redis, {"a", "b"}); }, 120s));
+  stop_node(a);
+  stop_node(b);
+  expect_postgres_equals(pg, reference(0, 2 * slice));
+  expect_one_leader_per_epoch(pg);
+}
+
+// A corrupt batch in the batches list lands in the dead-letter list (logged,
+// counted) and every other batch is applied.
+TEST(Flush, CorruptBatchIsDeadLettered) {
+  redis_server redis;
+  postgres_server pg;
+  procs ps;
+  constexpr uint64_t n = 20'000;
+  const std::string garbage = "TLYB this is not a batch";
+  ASSERT_EQ(redis_command(redis.port(), {"LPUSH", key("batches"), garbage}).type, ':');
+  auto& producer = ps.start("dl-producer", producer_args(redis.url(), "p", 0, n));
+  auto& a = ps.start("dl-a", node_args(redis.url(), pg.url(), "a"));
+  expect_exit_ok(producer, 120s);
+  ASSERT_TRUE(wait_for([&] { return redis_drained(redis, {"a"}) && a.stat("dead") == 1; }, 60s)) << slurp(a.log);
+  EXPECT_EQ(redis_int(redis, {"LLEN", key("deadletter")}), 1);
+  EXPECT_EQ(redis_command(redis.port(), {"LINDEX", key("deadletter"), "0"}).value, garbage);
+  EXPECT_TRUE(contains(a.log, "moved to " + key("deadletter")));
+  stop_node(a);
+  expect_postgres_equals(pg, reference(0, n));
+}
+
+// Foreign writers (as gateways do today) update the same tally_spend rows
+// in random order, several rows per transaction, while tally flushes. No
+// increment is lost or doubled, and tally's flushes never fail with a
+// deadlock (they may time out on a lock and retry).
+TEST(Flush, ForeignWriterNoLostIncrementsNoDeadlock) {
+  redis_server redis;
+  postgres_server pg;
+  procs ps;
+  constexpr uint64_t n = 50'000;
+  auto& producer = ps.start("fw-producer", producer_args(redis.url(), "p", 0, n));
+  auto& a = ps.start("fw-a", node_args(redis.url(), pg.url(), "a"));
+  // The hot rows: the per-key totals every flush touches, once they exist.
+  ASSERT_TRUE(wait_for([&] {
+    try {  // the table appears with the node's migration
+      return std::stoll("0" + pg.psql("SELECT count(*) FROM tally_spend WHERE entity_type = 'key'")) >= 10;
+    } catch (const std::exception&) {
+      return false;
+    }
+  }, 60s, 200ms)) << slurp(a.log);
+  std::vector<std::string> hot;
+  const std::string hot_text =
+    pg.psql("SELECT entity_id FROM tally_spend WHERE entity_type = 'key' ORDER BY 1 LIMIT 40");
+  for (auto& line : split(hot_text, '\n'))
+    if (!line.empty())
+      hot.push_back(line);
+  ASSERT_GE(hot.size(), 10u) << "psql said: [" << hot_text << "] " << pg.psql("SELECT count(*), min(entity_type) FROM tally_spend");
+  std::mutex mu;
+  std::map<std::string, __int128> foreign;  // committed foreign nano-units per key
+  std::atomic<bool> done{false};
+  std::atomic<long> commits{0}, foreign_deadlocks{0};
+  std::vector<std::thread> writers;
+  struct join_guard {  // an ASSERT returning early must not leave threads joinable
+    std::atomic<bool>& done;
+    std::vector<std::thread>& threads;
+    ~join_guard() {
+      done = true;
+      for (auto& t : threads)
+        if (t.joinable())
+          t.join();
+    }
+  } guard{done, writers};
+  for (int w = 0; w < 4; ++w) {
+    writers.emplace_back([&, w] {
+      auto conn = adapters::pg_client::connect(pg.url(), 5000ms);
+      if (!conn) {
+        ADD_FAILURE() << "foreign writer cannot connect: " << conn.error().message;
+        return;
+      }
+      std::mt19937_64 rng(w);
+      while (!done.load()) {
+        std::vector<std::pair<std::string, __int128>> txn;
+        for (int i = 0; i < 4; ++i)
+          txn.emplace_back(hot[rng() % hot.size()], static_cast<__int128>(1 + rng() % 1000000));
+        bool ok = conn->exec("BEGIN").ok();
+        for (auto& [id, nanos] : txn)
+          ok = ok && conn->exec_params("UPDATE tally_spend SET spend = spend + $2::numeric WHERE entity_type = 'key'"
+                                       " AND scope = '' AND entity_id = $1",
+                                       {id, adapters::format_nano_units(nanos)}).ok();
+        if (ok && conn->exec("COMMIT").ok()) {
+          std::lock_guard<std::mutex> lock(mu);
+          for (auto& [id, nanos] : txn)
+            foreign[id] += nanos;
+          ++commits;
+        } else {
+          ++foreign_deadlocks;  // deadlock victim or other failure: rolled back, not counted
+          (void)conn->exec("ROLLBACK");
+        }
+      }
+    });
+  }
+  expect_exit_ok(producer, 180s);
+  // More slices, so that several flushes run while the foreign writers do.
+  for (uint64_t from = n; from < 3 * n; from += n) {
+    auto& more = ps.start("fw-producer", producer_args(redis.url(), "p" + std::to_string(from), from, from + n));
+    expect_exit_ok(more, 180s);
+  }
+  ASSERT_TRUE(wait_for([&] { return redis_drained(redis, {"a"}); }, 120s)) << slurp(a.log);
+  done = true;
+  for (auto& t : writers)
+    t.join();
+  stop_node(a);
+  EXPECT_GT(commits.load(), 0);
+  auto expected = reference(0, 3 * n);
+  for (auto& [id, nanos] : foreign)
+    expected["tally_spend"][{"key", "", id}][0] += nanos;
+  expect_postgres_equals(pg, expected);
+  EXPECT_FALSE(contains(a.log, "40P01")) << "a tally flush failed with a deadlock:\n" << slurp(a.log);
+  auto log = slurp(a.log);
+  auto count = [&](const std::string& what) {
+    size_t n = 0;
+    for (size_t at = log.find(what); at != std::string::npos; at = log.find(what, at + 1))
+      ++n;
+    return n;
+  };
+  std::cout << "foreign commits " << commits.load() << ", foreign rollbacks " << foreign_deadlocks.load()
+            << ", tally flushes that gave up on a lock timeout " << count("55P03")
+            << ", tally flushes with upserts retried under a savepoint " << count("retried after a lock timeout")
+            << "\n";
+}
+
+// Producer retention (design §6): Redis without persistence is restarted and
+// loses every batch before anything was flushed (Postgres is down meanwhile).
+// The producing instance still holds its batches, sees they were never
+// applied, pushes them again, and the totals end exact.
+TEST(Flush, RedisLosingBatchesIsRepairedByRetention) {
+  redis_options volatile_redis;
+  volatile_redis.appendonly = false;
+  redis_server redis(volatile_redis);
+  postgres_server pg;
+  procs ps;
+  constexpr uint64_t n = 30'000;
+  pg.stop();  // nobody can flush: the batches stay in Redis
+  auto args = node_args(redis.url(), pg.url(), "p");
+  args.insert(args.end(), {"--seed", std::to_string(seed), "--from", "0", "--to", std::to_string(n), "--repush-ms",
+                           "1000"});
+  auto& p = ps.start("ret-p", args);
+  ASSERT_TRUE(wait_for([&] { return p.stat("written") > 0 && p.stat("pending") == 0; }, 60s)) << slurp(p.log);
+  ASSERT_GT(redis_int(redis, {"LLEN", key("batches")}), 0);
+  redis.kill();
+  redis.start();  // empty: the batches are gone
+  ASSERT_EQ(redis_int(redis, {"LLEN", key("batches")}), 0);
+  pg.start();
+  ASSERT_TRUE(wait_for([&] { return contains(p.log, "re-pushed"); }, 60s)) << slurp(p.log);
+  ASSERT_TRUE(wait_for([&] { return redis_drained(redis, {"p"}) && p.stat("flushes") > 0; }, 60s)) << slurp(p.log);
+  stop_node(p);
+  expect_postgres_equals(pg, reference(0, n));
+}
