@@ -281,6 +281,7 @@ cycle_result run_cycle(flusher_actor* self) {
   }
   TALLY_FAILPOINT("flush_after_commit");
   counters->flushes.fetch_add(1);
+  counters->observe_flush(std::chrono::duration_cast<milliseconds>(out->prepare_time + out->transaction_time));
   counters->rows_upserted.fetch_add(out->rows);
   counters->duplicate_batches.fetch_add(out->batches_duplicate);
   bool notable = out->prepare_time + out->transaction_time > milliseconds(1000) || out->lock_retries > 0;

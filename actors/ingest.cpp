@@ -166,6 +166,9 @@ void ingest_state::add_counters(stats& out) const noexcept {
   out.dead_lettered += counters.dead_lettered.load();
   out.lease_held += counters.lease_held.load();
   out.epoch += counters.epoch.load();
+  for (int i = 0; i <= stats::flush_buckets; ++i)
+    out.flush_duration_count[i] += counters.flush_duration_count[i].load();
+  out.flush_duration_ms_sum += counters.flush_duration_ms_sum.load();
 }
 
 } // namespace tally

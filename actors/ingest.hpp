@@ -21,6 +21,7 @@
 #include <concurrentqueue/concurrentqueue.h>
 
 #include <atomic>
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -88,6 +89,17 @@ struct pipeline_counters {
   std::atomic<uint64_t> dead_lettered{0};
   std::atomic<uint64_t> lease_held{0};
   std::atomic<uint64_t> epoch{0};
+  std::atomic<uint64_t> flush_duration_count[stats::flush_buckets + 1] = {};
+  std::atomic<uint64_t> flush_duration_ms_sum{0};
+
+  /// Records one committed flush's duration into the histogram.
+  void observe_flush(std::chrono::milliseconds took) noexcept {
+    int i = 0;
+    while (i < stats::flush_buckets && took.count() > stats::flush_bucket_ms[i])
+      ++i;
+    flush_duration_count[i].fetch_add(1, std::memory_order_relaxed);
+    flush_duration_ms_sum.fetch_add(static_cast<uint64_t>(took.count()), std::memory_order_relaxed);
+  }
 };
 
 class ingest_state {

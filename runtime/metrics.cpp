@@ -3,9 +3,6 @@
 // The families are listed in pipeline order: RESP ingest, runtime ingest,
 // stage 1 (Redis), stage 2 (Postgres), process. A family is printed even
 // when zero, so dashboards and alerts see a stable set of series.
-//
-// Not exported yet: a flush duration histogram. tally::stats has no timing
-// of flush transactions; it belongs to the flush supervisor's counters.
 #include "runtime/metrics.hpp"
 
 #include <cstdio>
@@ -166,6 +163,19 @@ std::string render_metrics(const metrics_snapshot& m) {
             s.duplicate_batches);
   w.counter("tally_dead_lettered_total", "Batches that failed to decode, moved to the dead-letter list.",
             s.dead_lettered);
+  w.family("tally_flush_duration_seconds", "histogram",
+           "Committed flushes by time spent preparing and in the transaction.");
+  uint64_t cumulative = 0;
+  for (int i = 0; i < stats::flush_buckets; ++i) {
+    cumulative += s.flush_duration_count[i];
+    char le[32];
+    std::snprintf(le, sizeof le, "le=\"%g\"", stats::flush_bucket_ms[i] / 1000.0);
+    w.sample("tally_flush_duration_seconds_bucket", cumulative, le);
+  }
+  cumulative += s.flush_duration_count[stats::flush_buckets];
+  w.sample("tally_flush_duration_seconds_bucket", cumulative, "le=\"+Inf\"");
+  w.sample("tally_flush_duration_seconds_sum", s.flush_duration_ms_sum / 1000.0);
+  w.sample("tally_flush_duration_seconds_count", cumulative);
   w.gauge("tally_lease_held", "1 while this instance holds the flush lease (is the writer).", s.lease_held);
   w.gauge("tally_epoch", "Fencing epoch of the last lease this instance took.", s.epoch);
   return out;

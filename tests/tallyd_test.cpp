@@ -370,6 +370,10 @@ TEST_F(Tallyd, MetricsPassPromtoolAndCount) {
   EXPECT_EQ(metric(text, "tally_pending_batches"), 0);
   EXPECT_GE(metric(text, "tally_rows_upserted_total"), 1);
   EXPECT_EQ(metric(text, "tally_dead_lettered_total"), 0);
+  // Every committed flush lands in the duration histogram.
+  EXPECT_EQ(metric(text, "tally_flush_duration_seconds_count"), metric(text, "tally_flushes_total"));
+  EXPECT_EQ(metric(text, "tally_flush_duration_seconds_bucket{le=\"+Inf\"}"),
+            metric(text, "tally_flushes_total"));
   EXPECT_GE(metric(text, "tally_epoch"), 1);
   EXPECT_EQ(metric(text, "tally_ready"), 1);
   EXPECT_EQ(metric(text, "tally_redis_up{redis=\"127.0.0.1:" + std::to_string(redis_->port()) + "\"}"), 1);

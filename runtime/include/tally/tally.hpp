@@ -95,6 +95,15 @@ struct stats {
   uint64_t dead_lettered = 0;
   uint64_t lease_held = 0;            // 1 while this instance is the leader
   uint64_t epoch = 0;                 // fencing epoch of the last lease taken
+
+  /// Committed flushes by duration (preparing + transaction): count[i] is
+  /// the flushes that took at most flush_bucket_ms[i] and more than the bound
+  /// before it; the last count is those above every bound.
+  static constexpr int flush_buckets = 11;
+  static constexpr uint32_t flush_bucket_ms[flush_buckets] = {5,   10,   25,   50,   100, 250,
+                                                              500, 1000, 2500, 5000, 10000};
+  uint64_t flush_duration_count[flush_buckets + 1] = {};
+  uint64_t flush_duration_ms_sum = 0;
 };
 
 /// The embedded tally: aggregator shards, stage-1 writer, and (with a
