@@ -58,8 +58,10 @@ void ingest_state::wake(shard& s) noexcept {
   // Pairs with the aggregator's "sleeping = true; fence; recheck queue": one
   // of the two always sees the other, so no event is stranded asleep.
   std::atomic_thread_fence(std::memory_order_seq_cst);
-  if (s.sleeping.load(std::memory_order_relaxed) && s.sleeping.exchange(false))
+  if (s.sleeping.load(std::memory_order_relaxed) && s.sleeping.exchange(false)) {
+    counters.wakeups.fetch_add(1, std::memory_order_relaxed);
     caf::anon_send(s.aggregator, wake_atom::value);
+  }
 }
 
 field_error ingest_state::record(const event& ev) noexcept {
@@ -156,6 +158,7 @@ void ingest_state::add_counters(stats& out) const noexcept {
   }
   for (auto& s : shards)
     out.queue_depth += s->queue.size_approx();
+  out.wakeups += counters.wakeups.load();
   out.batches_written += counters.batches_written.load();
   out.batch_bytes_written += counters.batch_bytes_written.load();
   out.stage1_failures += counters.stage1_failures.load();

@@ -79,6 +79,7 @@ struct alignas(64) producer_slot {
 
 /// Counters written by actors (few writes per interval).
 struct pipeline_counters {
+  std::atomic<uint64_t> wakeups{0};  // one per empty -> non-empty queue, never per event
   std::atomic<uint64_t> batches_written{0};
   std::atomic<uint64_t> batch_bytes_written{0};
   std::atomic<uint64_t> stage1_failures{0};

@@ -138,6 +138,9 @@ std::string render_metrics(const metrics_snapshot& m) {
   w.counter("tally_backpressure_total", "record() calls refused because ingest memory was full.",
             s.events_backpressured);
   w.gauge("tally_queue_depth", "Events waiting in the aggregator shard queues (approximate).", s.queue_depth);
+  w.counter("tally_aggregator_wakeups_total",
+            "Messages sent to wake an idle aggregator (one per queue going from empty to non-empty).",
+            s.wakeups);
 
   // --- stage 1 ---
   w.counter("tally_batches_written_total", "Stage-1 batches written to Redis.", s.batches_written);

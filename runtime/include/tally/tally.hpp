@@ -89,6 +89,7 @@ struct stats {
   uint64_t stage1_failures = 0;       // failed stage-1 write attempts
   uint64_t pending_batches = 0;       // encoded, not yet in Redis
   uint64_t queue_depth = 0;           // events in shard queues (approximate)
+  uint64_t wakeups = 0;               // CAF messages sent to wake an idle aggregator
   uint64_t flushes = 0;               // committed flush transactions
   uint64_t rows_upserted = 0;
   uint64_t duplicate_batches = 0;     // batch ids already applied, skipped
