@@ -6,6 +6,10 @@
 // never raises SIGPIPE here.
 #include "adapters/pg_client.hpp"
 
+#include <cstring>
+
+#include <cctype>
+
 #include <libpq-fe.h>
 
 #include <charconv>
@@ -215,6 +219,13 @@ struct pg_client::impl {
   std::string conninfo;  // as given plus the defaults above
   conn_ptr conn;
   std::unordered_map<std::string, std::string> prepared;  // name -> SQL
+  // The connection was lost inside a transaction. Reconnecting silently
+  // would run the caller's next statement in autocommit on a new session,
+  // outside the transaction it believes is open (a later COMMIT would
+  // "succeed" with nothing to commit). So until the caller starts over with
+  // BEGIN (or acknowledges with ROLLBACK), every statement fails.
+  bool orphaned = false;
+  bool in_transaction = false;  // as of the last statement's result
 
   bool usable() const noexcept { return conn && PQstatus(conn.get()) == CONNECTION_OK; }
 
@@ -254,6 +265,80 @@ struct pg_client::impl {
     return open();
   }
 
+  static bool starts_with_word(const std::string& sql, const char* word) {
+    size_t i = sql.find_first_not_of(" \t\r\n");
+    size_t n = std::strlen(word);
+    if (i == std::string::npos || sql.size() - i < n)
+      return false;
+    for (size_t k = 0; k < n; ++k)
+      if (std::toupper(static_cast<unsigned char>(sql[i + k])) != word[k])
+        return false;
+    return sql.size() == i + n || !std::isalnum(static_cast<unsigned char>(sql[i + n]));
+  }
+
+  /// ROLLBACK / ABORT [WORK|TRANSACTION] alone; not ROLLBACK TO SAVEPOINT,
+  /// which continues the transaction and must be refused.
+  static bool is_plain_rollback(const std::string& sql) {
+    std::string words;
+    for (char c : sql) {
+      if (c == ';')
+        break;
+      if (std::isspace(static_cast<unsigned char>(c))) {
+        if (!words.empty() && words.back() != ' ')
+          words += ' ';
+      } else {
+        words += static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+      }
+    }
+    if (!words.empty() && words.back() == ' ')
+      words.pop_back();
+    for (const char* plain : {"ROLLBACK", "ROLLBACK WORK", "ROLLBACK TRANSACTION", "ABORT", "ABORT WORK",
+                              "ABORT TRANSACTION"})
+      if (words == plain)
+        return true;
+    return false;
+  }
+
+  /// Decides what a statement may do after a transaction was lost with its
+  /// connection: ROLLBACK is answered at once (the server already aborted
+  /// it), BEGIN / START starts over, anything else is refused.
+  enum class orphan_step { run, refuse, rolled_back };
+  orphan_step check_orphan(const std::string& sql) {
+    if (!orphaned)
+      return orphan_step::run;
+    if (is_plain_rollback(sql)) {
+      orphaned = false;
+      return orphan_step::rolled_back;
+    }
+    if (starts_with_word(sql, "BEGIN") || starts_with_word(sql, "START")) {
+      orphaned = false;
+      return orphan_step::run;
+    }
+    return orphan_step::refuse;
+  }
+
+  /// Runs `statement` unless an orphaned transaction forbids it.
+  template <class Statement>
+  result<pg_rows> guarded(const std::string& sql, Statement statement) {
+    switch (check_orphan(sql)) {
+      case orphan_step::refuse:
+        return make_error(pg_errc::connection_lost,
+                          "postgres: the transaction was lost with its connection; "
+                          "ROLLBACK or BEGIN again",
+                          sqlstate_connection_failure);
+      case orphan_step::rolled_back:
+        return pg_rows{};
+      case orphan_step::run:
+        break;
+    }
+    if (auto st = ensure_connected(); !st)
+      return st.error();
+    auto out = statement();
+    if (usable())
+      in_transaction = PQtransactionStatus(conn.get()) != PQTRANS_IDLE;
+    return out;
+  }
+
   // Error for a failed statement. A connection found CONNECTION_BAD makes it
   // connection_lost (SQLSTATE from the server, e.g. 57P01 on shutdown, else
   // 08006) and forgets the prepared statements.
@@ -267,6 +352,9 @@ struct pg_client::impl {
                                                    : PQerrorMessage(conn.get()));
     if (PQstatus(conn.get()) == CONNECTION_BAD) {
       prepared.clear();
+      if (in_transaction)
+        orphaned = true;
+      in_transaction = false;
       if (sqlstate.empty())
         sqlstate = sqlstate_connection_failure;
       return make_error(pg_errc::connection_lost, "postgres: connection lost: " + message,
@@ -349,9 +437,7 @@ pg_client::~pg_client() = default;
 result<pg_rows> pg_client::exec(const std::string& sql) {
   if (!impl_)
     return make_error(pg_errc::connection_lost, moved_from_message);
-  if (auto st = impl_->ensure_connected(); !st)
-    return st.error();
-  return impl_->finish(PQexec(impl_->conn.get(), sql.c_str()));
+  return impl_->guarded(sql, [&] { return impl_->finish(PQexec(impl_->conn.get(), sql.c_str())); });
 }
 
 // PQexecParams with text parameters and text results: blocks like exec. A
@@ -359,11 +445,11 @@ result<pg_rows> pg_client::exec(const std::string& sql) {
 result<pg_rows> pg_client::exec_params(const std::string& sql, const std::vector<std::string>& params) {
   if (!impl_)
     return make_error(pg_errc::connection_lost, moved_from_message);
-  if (auto st = impl_->ensure_connected(); !st)
-    return st.error();
-  auto values = impl::param_pointers(params);
-  return impl_->finish(PQexecParams(impl_->conn.get(), sql.c_str(), static_cast<int>(values.size()),
-                                    nullptr, values.data(), nullptr, nullptr, 0));
+  return impl_->guarded(sql, [&] {
+    auto values = impl::param_pointers(params);
+    return impl_->finish(PQexecParams(impl_->conn.get(), sql.c_str(), static_cast<int>(values.size()),
+                                      nullptr, values.data(), nullptr, nullptr, 0));
+  });
 }
 
 // PQprepare (once per server session) then PQexecPrepared; each blocks one
@@ -374,8 +460,7 @@ result<pg_rows> pg_client::exec_prepared(const std::string& name, const std::str
                                          const std::vector<std::string>& params) {
   if (!impl_)
     return make_error(pg_errc::connection_lost, moved_from_message);
-  if (auto st = impl_->ensure_connected(); !st)
-    return st.error();
+  return impl_->guarded(sql, [&]() -> result<pg_rows> {
   auto known = impl_->prepared.find(name);
   if (known != impl_->prepared.end() && known->second != sql)
     return make_error(pg_errc::query_failed,
@@ -392,6 +477,7 @@ result<pg_rows> pg_client::exec_prepared(const std::string& name, const std::str
     rows = impl_->run_prepared(name, params);
   }
   return rows;
+  });
 }
 
 bool pg_client::connected() const noexcept {
@@ -402,6 +488,8 @@ bool pg_client::connected() const noexcept {
 status pg_client::reconnect() {
   if (!impl_)
     return make_error(pg_errc::connection_lost, moved_from_message);
+  impl_->orphaned = false;  // an explicit reconnect is the caller starting over
+  impl_->in_transaction = false;
   return impl_->open();
 }
 

@@ -7,7 +7,10 @@
 // returns pg_errc::connection_lost and the next call reconnects once. Errors
 // keep the server's SQLSTATE in error_info::sqlstate ("40P01" deadlock,
 // "55P03" lock timeout, "57014" statement timeout, "40001" serialization...).
-// Parameters are sent as text, NULL never used. No libpq type appears here.
+// Parameters are sent as text, NULL never used. A connection lost inside a
+// transaction is never silently replaced: every statement fails with
+// connection_lost until the caller sends ROLLBACK (answered at once) or
+// BEGIN/START (which reconnects), so nothing runs in autocommit by accident. No libpq type appears here.
 #pragma once
 
 #include "core/result.hpp"

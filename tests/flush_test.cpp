@@ -360,7 +360,8 @@ TEST(Flush, PausedLeaderIsFenced) {
   a.signal(SIGCONT);
   ASSERT_TRUE(wait_for([&] { return contains(a.log, "flush refused by fence"); }, 30s)) << slurp(a.log);
   expect_exit_ok(producer, 120s);
-  ASSERT_TRUE(wait_for([&] { return redis_drained(redis, {"a", "b"}); }, 120s));
+  ASSERT_TRUE(wait_for([&] { return redis_drained(redis, {"a", "b"}); }, 120s))
+    << "--- a:\n" << slurp(a.log) << "\n--- b:\n" << slurp(b.log);
   stop_node(a);
   stop_node(b);
   expect_postgres_equals(pg, reference(0, n));
@@ -408,7 +409,8 @@ TEST(Flush, RedisRestartedMidRun) {
   redis.start();
   expect_exit_ok(first, 120s);
   expect_exit_ok(second, 120s);
-  ASSERT_TRUE(wait_for([&] { return redis_drained(redis, {"a", "b"}); }, 120s));
+  ASSERT_TRUE(wait_for([&] { return redis_drained(redis, {"a", "b"}); }, 120s))
+    << "--- a:\n" << slurp(a.log) << "\n--- b:\n" << slurp(b.log);
   stop_node(a);
   stop_node(b);
   expect_postgres_equals(pg, reference(0, 2 * slice));

@@ -342,6 +342,42 @@ TEST(PgClient, KilledServerIsConnectionLostThenReconnects) {
   EXPECT_TRUE(client.connected());
 }
 
+// A transaction lost with its connection is not silently continued in
+// autocommit on a new session: statements fail until ROLLBACK or BEGIN.
+TEST(PgClient, TransactionLostWithConnectionIsNotContinued) {
+  auto client = connect_or_die();
+  ASSERT_TRUE(client.exec("drop table if exists orphan_t; create table orphan_t (x int)").ok());
+  ASSERT_TRUE(client.exec("BEGIN").ok());
+  ASSERT_TRUE(client.exec("insert into orphan_t values (1)").ok());
+  server->kill();
+  server->start();
+  auto lost = client.exec("insert into orphan_t values (2)");
+  ASSERT_FALSE(lost.ok());
+  EXPECT_EQ(lost.error().code, code(pg_errc::connection_lost));
+  // Not reconnected in autocommit: the insert and the COMMIT are refused.
+  auto again = client.exec_params("insert into orphan_t values ($1)", {"3"});
+  ASSERT_FALSE(again.ok());
+  EXPECT_EQ(again.error().code, code(pg_errc::connection_lost)) << again.error().message;
+  EXPECT_FALSE(client.exec("COMMIT").ok());
+  EXPECT_FALSE(client.exec("ROLLBACK TO SAVEPOINT s").ok());  // continues the lost transaction
+  EXPECT_FALSE(client.exec("insert into orphan_t values (3)").ok());
+  EXPECT_TRUE(client.exec("rollback").ok());
+  auto count = client.exec("select count(*) from orphan_t");
+  ASSERT_TRUE(count.ok()) << count.error().message;
+  EXPECT_EQ(count->rows.at(0).at(0), "0");
+  // BEGIN also starts over after a loss.
+  ASSERT_TRUE(client.exec("BEGIN").ok());
+  server->kill();
+  server->start();
+  EXPECT_FALSE(client.exec("insert into orphan_t values (4)").ok());
+  ASSERT_TRUE(client.exec("  begin").ok());
+  ASSERT_TRUE(client.exec("insert into orphan_t values (5)").ok());
+  ASSERT_TRUE(client.exec("COMMIT").ok());
+  count = client.exec("select string_agg(x::text, ',') from orphan_t");
+  ASSERT_TRUE(count.ok());
+  EXPECT_EQ(count->rows.at(0).at(0), "5");
+}
+
 TEST(PgClient, ExplicitReconnectGivesNewSession) {
   auto client = connect_or_die();
   auto pid1 = scalar(client, "select pg_backend_pid()");
