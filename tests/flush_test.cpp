@@ -16,6 +16,7 @@
 #include "adapters/pg_client.hpp"
 #include "core/rollup.hpp"
 #include "tests/harness/servers.hpp"
+#include "tests/support/postgres_rows.hpp"
 #include "tests/support/workload.hpp"
 
 #include <gtest/gtest.h>
@@ -56,65 +57,6 @@ rollup_rows reference(uint64_t from, uint64_t to) {
   for (uint64_t i = from; i < to; ++i)
     add_reference(rows, generate(seed, i));
   return rows;
-}
-
-__int128 parse_i128(const std::string& s) {
-  __int128 v = 0;
-  bool neg = !s.empty() && s[0] == '-';
-  for (size_t i = neg ? 1 : 0; i < s.size(); ++i)
-    v = v * 10 + (s[i] - '0');
-  return neg ? -v : v;
-}
-
-std::vector<std::string> split(const std::string& line, char sep) {
-  std::vector<std::string> out;
-  std::string cur;
-  for (char c : line) {
-    if (c == sep) {
-      out.push_back(cur);
-      cur.clear();
-    } else {
-      cur.push_back(c);
-    }
-  }
-  out.push_back(cur);
-  return out;
-}
-
-/// Every rollup row in Postgres, keys as the reference writes them, spend
-/// in nano-units (exact: numeric * 1e9 cast to an integer numeric).
-rollup_rows read_postgres(const postgres_server& pg) {
-  rollup_rows out;
-  for (const auto& spec : rollup_specs()) {
-    auto keys = spec.key_columns();
-    std::string select;
-    for (size_t i = 0; i < keys.size(); ++i) {
-      std::string col = keys[i];
-      if (spec.bucket == time_bucket::day && i == 0)
-        col = "day::text";
-      else if (spec.bucket == time_bucket::minute && i == 0)
-        col = "to_char(minute AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:00') || '+00'";
-      select += (i ? ", " : "") + col;
-    }
-    for (measure m : spec.measures)
-      select += m == measure::spend ? std::string(", (spend * 1000000000)::numeric(38,0)")
-                                    : std::string(", ") + to_string(m);
-    auto text = pg.psql("SELECT " + select + " FROM " + spec.table);
-    auto& table = out[spec.table];
-    std::istringstream in(text);
-    std::string line;
-    while (std::getline(in, line)) {
-      if (line.empty())
-        continue;
-      auto cols = split(line, '|');
-      std::vector<std::string> key(cols.begin(), cols.begin() + keys.size());
-      std::vector<__int128> values;
-      for (size_t i = keys.size(); i < cols.size(); ++i)
-        values.push_back(parse_i128(cols[i]));
-      table[key] = values;
-    }
-  }
-  return out;
 }
 
 long long redis_int(const redis_server& redis, std::vector<std::string> args) {

@@ -7,7 +7,9 @@
 // shutdown is checked by what reached Redis and Postgres.
 #include "runtime/options.hpp"
 #include "tests/harness/servers.hpp"
+#include "adapters/redis_client.hpp"
 #include "tests/support/batches.hpp"
+#include "tests/support/postgres_rows.hpp"
 #include "tests/support/workload.hpp"
 
 #include <httplib.h>
@@ -489,4 +491,76 @@ TEST_F(Tallyd, SigtermReleasesLeaseAndTotalsAreExact) {
   EXPECT_EQ(diff_rows(expected, actual), "");
   EXPECT_EQ(b.terminate(), 0) << slurp(b.log);
   EXPECT_TRUE(redis_command(redis_->port(), {"GET", lease_key}).nil);
+}
+
+// A real tallyd with stage 2 driven by the three kinds of real clients a
+// fleet uses — a hiredis client pipelining, redis-benchmark, redis-cli —
+// and every row of every table in Postgres equals the independent truth.
+TEST_F(Tallyd, RealClientsTotalsInPostgresExact) {
+  const uint64_t seed = 47, n = 20000, bench_n = 20000;
+  postgres_->psql("CREATE SCHEMA IF NOT EXISTS clients");
+  auto args = base_args("clients", true);
+  args.insert(args.end(), {"--pg-schema", "clients", "--instance-id", "clients-a"});
+  tallyd_process d(args);
+  ASSERT_TRUE(d.wait_ready()) << slurp(d.log);
+  rollup_rows expected;
+
+  // hiredis, pipelined 500 commands per round trip, every reply checked.
+  auto ep = adapters::parse_redis_url("redis://127.0.0.1:" + std::to_string(d.resp_port));
+  ASSERT_TRUE(ep);
+  auto client = adapters::redis_client::connect(*ep, 5000ms);
+  ASSERT_TRUE(client) << client.error().message;
+  std::vector<std::vector<std::string>> owned;
+  for (uint64_t i = 0; i < n; ++i) {
+    auto ev = generate(seed, i);
+    add_reference(expected, ev);
+    owned.push_back(ev.resp_args());
+    if (owned.size() == 500 || i + 1 == n) {
+      std::vector<std::vector<std::string_view>> cmds;
+      for (auto& c : owned)
+        cmds.emplace_back(c.begin(), c.end());
+      auto replies = client->pipeline(cmds);
+      ASSERT_TRUE(replies) << replies.error().message;
+      for (auto& r : *replies)
+        ASSERT_EQ(r.str, "OK");
+      owned.clear();
+    }
+  }
+
+  // redis-benchmark: one fixed event, bench_n times, 10 connections x 16 deep.
+  const std::string ts = "1795391400000";
+  auto [bcode, bout] = run({"redis-benchmark", "-h", "127.0.0.1", "-p", std::to_string(d.resp_port), "-n",
+                            std::to_string(bench_n), "-c", "10", "-P", "16", "-q", "TALLY.RECORD", "key",
+                            "bench-key", "model", "m-bench", "spend", "0.000001", "prompt_tokens", "3",
+                            "completion_tokens", "2", "ts", ts}, 120s);
+  ASSERT_EQ(bcode, 0) << bout;
+  generated_event bench;
+  bench.ids[0] = "bench-key";
+  bench.ids[6] = "m-bench";
+  bench.spend = 1000;
+  bench.prompt_tokens = 3;
+  bench.completion_tokens = 2;
+  bench.ts_ms = std::stoll(ts);
+  for (uint64_t i = 0; i < bench_n; ++i)
+    add_reference(expected, bench);
+
+  // redis-cli, one event, with a tag list and an error status.
+  auto [ccode, cout] = run({"redis-cli", "-h", "127.0.0.1", "-p", std::to_string(d.resp_port), "TALLY.RECORD",
+                            "user", "cli-user", "tags", "a,b", "spend", "1.5e-07", "status", "error", "ts", ts});
+  ASSERT_EQ(ccode, 0);
+  ASSERT_EQ(cout, "OK\n");
+  generated_event cli;
+  cli.ids[1] = "cli-user";
+  cli.ids[5] = "a,b";
+  cli.spend = 150;
+  cli.ok = false;
+  cli.ts_ms = std::stoll(ts);
+  add_reference(expected, cli);
+
+  const uint64_t total = n + bench_n + 1;
+  std::string sum_sql = "SELECT coalesce(sum(requests), 0) FROM clients.tally_minute";
+  ASSERT_TRUE(wait_for([&] { return postgres_->psql(sum_sql) == std::to_string(total) + "\n"; }, 60s))
+    << postgres_->psql(sum_sql) << slurp(d.log);
+  EXPECT_EQ(diff_rows(expected, read_postgres(*postgres_, "clients")), "");
+  EXPECT_EQ(d.terminate(), 0) << slurp(d.log);
 }
