@@ -21,12 +21,7 @@ namespace {
 
 using namespace std::chrono;
 
-// KEYS[1] batches list, KEYS[2] written-marker of this batch id;
-// ARGV[1] encoded batch, ARGV[2] marker TTL in ms. 1 = pushed, 0 = was already.
-constexpr const char* push_script =
-  "if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[2]) then "
-  "redis.call('LPUSH', KEYS[1], ARGV[1]) return 1 end return 0";
-constexpr const char* marker_ttl_ms = "86400000";
+
 
 int64_t now_ms() {
   return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
@@ -123,7 +118,7 @@ bool write_pending(writer_actor* self) {
     bool ok = false;
     std::string why;
     if (ensure_connected(st)) {
-      auto reply = st.redis->command({"EVAL", push_script, "2", st.batches_key, marker, b.bytes, marker_ttl_ms});
+      auto reply = st.redis->command({"EVAL", stage1_push_script, "2", st.batches_key, marker, b.bytes, stage1_marker_ttl_ms});
       ok = reply.ok();
       if (!ok)
         why = reply.error().message;
@@ -350,6 +345,11 @@ caf::behavior buffer_writer(writer_actor* self, ingest_state* ingest, std::vecto
 }
 
 } // namespace
+
+const char* const stage1_push_script =
+  "if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[2]) then "
+  "redis.call('LPUSH', KEYS[1], ARGV[1]) return 1 end return 0";
+const char* const stage1_marker_ttl_ms = "86400000";
 
 std::string key_prefix(const std::string& ns) {
   return "{tally:" + ns + "}";

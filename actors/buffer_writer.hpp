@@ -35,6 +35,13 @@ namespace tally {
 caf::actor spawn_buffer_writer(caf::actor_system& sys, ingest_state& state,
                                std::vector<caf::actor> aggregators, std::string instance_id);
 
+/// The idempotent stage-1 push (used again by producer retention):
+/// KEYS[1] the batches list, KEYS[2] the batch's written-marker; ARGV[1]
+/// the encoded batch, ARGV[2] the marker TTL in ms. Returns 1 when pushed,
+/// 0 when the marker already existed (Redis still knows the batch).
+extern const char* const stage1_push_script;
+extern const char* const stage1_marker_ttl_ms;
+
 /// The Redis key prefix `{tally:<ns>}` of a namespace.
 std::string key_prefix(const std::string& ns);
 

@@ -1,6 +1,8 @@
 // actors/retention.cpp — see retention.hpp.
 #include "actors/retention.hpp"
 
+#include "actors/buffer_writer.hpp"
+
 #include "actors/stage2_io.hpp"
 #include "adapters/pg_schema.hpp"
 #include "core/log.hpp"
@@ -16,13 +18,6 @@ namespace {
 
 using namespace std::chrono;
 
-// The stage-1 writer's idempotent push (actors/buffer_writer.cpp): KEYS[1]
-// batches, KEYS[2] the batch's written-marker; ARGV[1] bytes, ARGV[2] marker
-// TTL. 1 = pushed, 0 = the marker exists (Redis still knows the batch).
-constexpr const char* push_script =
-  "if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[2]) then "
-  "redis.call('LPUSH', KEYS[1], ARGV[1]) return 1 end return 0";
-constexpr const char* marker_ttl_ms = "86400000";
 constexpr size_t ids_per_query = 5000;
 
 struct retained_batch {
@@ -105,7 +100,7 @@ void repush_lost(retention_actor* self) {
       if (r)
         r->integer = 1;
     } else {
-      r = st.redis.run({"EVAL", push_script, "2", batches_key, marker, b.bytes, marker_ttl_ms});
+      r = st.redis.run({"EVAL", stage1_push_script, "2", batches_key, marker, b.bytes, stage1_marker_ttl_ms});
     }
     if (!r) {
       TALLY_WARN("retention", "re-push of " << id << " failed: " << r.error().message);
