@@ -502,6 +502,10 @@ std::string pg_client::quote_ident(std::string_view ident) const {
     if (quoted)
       return std::string(quoted.get());
   }
+  return quote_identifier(ident);
+}
+
+std::string quote_identifier(std::string_view ident) {
   std::string out = "\"";
   for (char c : ident) {
     if (c == '"')

@@ -74,6 +74,9 @@ private:
   std::unique_ptr<impl> impl_;
 };
 
+/// Quotes an identifier for SQL ("a""b"), without a connection.
+std::string quote_identifier(std::string_view ident);
+
 /// Formats a PostgreSQL text[] literal ("{\"a\",\"b\"}") with escaping, for
 /// passing arrays as one text parameter to unnest($1::text[]).
 std::string pg_text_array(const std::vector<std::string>& items);

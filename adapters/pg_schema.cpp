@@ -15,17 +15,6 @@ const char* to_string(schema_errc code) noexcept {
   return "unknown";
 }
 
-std::string quote_identifier(std::string_view ident) {
-  std::string out = "\"";
-  for (char c : ident) {
-    if (c == '"')
-      out.push_back('"');
-    out.push_back(c);
-  }
-  out.push_back('"');
-  return out;
-}
-
 std::string qualified_table(const std::string& schema, const std::string& table) {
   return quote_identifier(schema) + "." + quote_identifier(table);
 }

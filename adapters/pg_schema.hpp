@@ -32,9 +32,6 @@ enum class schema_errc : int {
 };
 const char* to_string(schema_errc code) noexcept;
 
-/// Quotes an identifier for SQL ("a""b"), without a connection.
-std::string quote_identifier(std::string_view ident);
-
 /// `"schema"."table"`.
 std::string qualified_table(const std::string& schema, const std::string& table);
 
