@@ -158,12 +158,24 @@ caf::behavior flush_supervisor(supervisor_actor* self, flush_context_ptr ctx) {
         follow(self);
       }
     },
-    [=](fenced_atom, uint64_t database_epoch) {
+    [=](fenced_atom, uint64_t fenced_epoch, uint64_t database_epoch) {
       auto& s = self->state;
-      s.leading = false;
+      // The fence may have been raised by this instance's own newer lease:
+      // after a Redis restart the lease actor can take the lease again (a
+      // new epoch) while the flusher still runs a transaction of the old
+      // one. That lease is valid and the flusher already has a lead_atom for
+      // it queued; dropping it would leave the flusher leading without a
+      // lease, its inflight list stranded.
+      if (fenced_epoch != s.epoch) {
+        TALLY_INFO("flush_supervisor", "stale fence of epoch " << fenced_epoch << " ignored: epoch "
+                                       << s.epoch << " is held now");
+        return;
+      }
+      TALLY_WARN("flush_supervisor", "epoch " << fenced_epoch << " fenced by epoch " << database_epoch
+                                     << ": giving up the lease");
+      follow(self);
       if (s.children[lease_child])
         self->send(s.children[lease_child], drop_atom::value);
-      (void)database_epoch;
     },
     [=](restart_atom, int which) {
       auto& s = self->state;

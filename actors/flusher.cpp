@@ -268,7 +268,7 @@ cycle_result run_cycle(flusher_actor* self) {
     case adapters::flush_outcome::kind::fenced:
       TALLY_WARN("flusher", "flush refused by fence: epoch in postgres is " << out->database_epoch << ", ours "
                             << st.epoch << "; transaction rolled back, giving up the lease");
-      self->send(st.supervisor, fenced_atom::value, out->database_epoch);
+      self->send(st.supervisor, fenced_atom::value, st.epoch, out->database_epoch);
       stop_leading(self);
       return cycle_result::not_leading;
     case adapters::flush_outcome::kind::lease_lost:

@@ -32,7 +32,7 @@
 //       final drain when leading (until `batches` and inflight are empty or
 //       the deadline passes), then no more cycles; true when nothing of ours
 //       is left in flight.
-// Sends: fenced_atom, uint64_t database_epoch to the supervisor.
+// Sends: fenced_atom, uint64_t our_epoch, uint64_t database_epoch to the supervisor.
 #pragma once
 
 #include "actors/flush_context.hpp"
