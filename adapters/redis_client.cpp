@@ -1,4 +1,6 @@
-// adapters/redis_client.cpp — blocking hiredis connection owned by RAII.
+// adapters/redis_client.cpp — blocking hiredis connection owned by RAII, and
+// the parsers of Redis URLs (single endpoint, and weighted databases that
+// may sit behind Sentinels).
 //
 // Written against hiredis 0.14 (Debian 12) and forward compatible with 1.x:
 // REDIS_ERR_TIMEOUT and the RESP3 reply types are used only when the header
@@ -78,6 +80,165 @@ bool percent_decode(std::string_view in, std::string& out) {
     i += 2;
   }
   return true;
+}
+
+constexpr int default_sentinel_port = 26379;
+
+// Splits `text` at every `sep`; "" gives one empty piece.
+std::vector<std::string_view> split(std::string_view text, char sep) {
+  std::vector<std::string_view> pieces;
+  for (;;) {
+    auto at = text.find(sep);
+    pieces.push_back(text.substr(0, at));
+    if (at == std::string_view::npos)
+      return pieces;
+    text.remove_prefix(at + 1);
+  }
+}
+
+// Parses `[user]:password` (without the '@'), %-decoding both. Returns ""
+// or what is wrong.
+std::string parse_userinfo(std::string_view userinfo, std::string& user, std::string& password) {
+  auto colon = userinfo.find(':');
+  if (colon == std::string_view::npos)
+    return "credentials must be [user]:password@ (missing ':')";
+  if (!percent_decode(userinfo.substr(0, colon), user))
+    return "bad %-escape in user name";
+  if (!percent_decode(userinfo.substr(colon + 1), password))
+    return "bad %-escape in password";
+  return {};
+}
+
+// Parses `host[:port]` or `[ipv6][:port]`; `port` keeps its value when the
+// text has none. Returns "" or what is wrong.
+std::string parse_host_port(std::string_view hostport, std::string& host_out, int& port_out) {
+  std::string_view host;
+  std::string_view port;
+  bool has_port = false;
+  if (!hostport.empty() && hostport.front() == '[') {
+    auto close = hostport.find(']');
+    if (close == std::string_view::npos)
+      return "unterminated '[' in IPv6 host";
+    host = hostport.substr(1, close - 1);
+    auto after = hostport.substr(close + 1);
+    if (!after.empty()) {
+      if (after.front() != ':')
+        return "unexpected text after ']'";
+      port = after.substr(1);
+      has_port = true;
+    }
+  } else {
+    auto colon = hostport.find(':');
+    host = hostport.substr(0, colon);
+    if (colon != std::string_view::npos) {
+      port = hostport.substr(colon + 1);
+      has_port = true;
+    }
+  }
+  if (host.empty())
+    return "missing host";
+  int parsed_port = port_out;
+  if (has_port && !parse_decimal(port, 1, 65535, parsed_port))
+    return "port must be a number from 1 to 65535, got '" + std::string(port) + "'";
+  host_out.assign(host);
+  port_out = parsed_port;
+  return {};
+}
+
+// Parses the database number of a path ("" is database 0).
+std::string parse_db(std::string_view path, int& db) {
+  if (!path.empty() && !parse_decimal(path, 0, 1 << 20, db))
+    return "database must be a non-negative number, got '" + std::string(path) + "'";
+  return {};
+}
+
+// Where the parts of a database URL are. The query starts at the first '?';
+// before it, the last '@' ends the userinfo (so a raw '@' in a password
+// works) and the first '/' after that starts the path.
+struct database_url_parts {
+  std::string_view scheme;  // "" when the URL has none
+  std::string_view userinfo;
+  bool has_userinfo = false;
+  size_t password_start = 0;  // offsets into the URL of the text to mask
+  size_t password_end = 0;
+  std::string_view hosts;
+  std::string_view path;  // without its leading '/'
+  bool has_path = false;
+  std::string_view query;  // without the '?'
+  bool has_query = false;
+  size_t query_start = std::string_view::npos;  // offset of the '?'
+};
+
+database_url_parts split_database_url(std::string_view url) {
+  database_url_parts parts;
+  size_t pos = 0;
+  auto scheme_end = url.find("://");
+  if (scheme_end != std::string_view::npos) {
+    parts.scheme = url.substr(0, scheme_end);
+    pos = scheme_end + 3;
+  }
+  parts.query_start = url.find('?', pos);
+  if (parts.query_start != std::string_view::npos) {
+    parts.has_query = true;
+    parts.query = url.substr(parts.query_start + 1);
+  }
+  std::string_view rest = url.substr(pos, parts.query_start == std::string_view::npos
+                                              ? std::string_view::npos
+                                              : parts.query_start - pos);
+  auto at = rest.rfind('@');
+  if (at != std::string_view::npos) {
+    parts.has_userinfo = true;
+    parts.userinfo = rest.substr(0, at);
+    // Without a ':' the whole userinfo is masked: it is most likely a
+    // password whose ':' was forgotten.
+    auto colon = parts.userinfo.find(':');
+    parts.password_start = colon == std::string_view::npos ? pos : pos + colon + 1;
+    parts.password_end = pos + at;
+    pos += at + 1;
+    rest.remove_prefix(at + 1);
+  }
+  auto slash = rest.find('/');
+  parts.hosts = rest.substr(0, slash);
+  if (slash != std::string_view::npos) {
+    parts.has_path = true;
+    parts.path = rest.substr(slash + 1);
+  }
+  return parts;
+}
+
+// The URL up to its query, with a non-empty userinfo password as "***".
+std::string mask_userinfo(std::string_view url, const database_url_parts& parts) {
+  std::string_view before_query = url.substr(0, parts.query_start);
+  if (parts.password_end <= parts.password_start)
+    return std::string(before_query);
+  return std::string(url.substr(0, parts.password_start)) + "***"
+         + std::string(before_query.substr(parts.password_end));
+}
+
+void append_param(std::string& query, std::string_view param) {
+  if (!query.empty())
+    query += '&';
+  query.append(param);
+}
+
+// The whole URL (weight included) with every password masked, for errors.
+std::string mask_database_url(std::string_view url) {
+  const database_url_parts parts = split_database_url(url);
+  std::string masked = mask_userinfo(url, parts);
+  if (!parts.has_query)
+    return masked;
+  std::string query;
+  bool first = true;
+  for (std::string_view param : split(parts.query, '&')) {
+    auto eq = param.find('=');
+    if (eq != std::string_view::npos && eq + 1 < param.size() && param.substr(0, eq) == "sentinel_password")
+      param = "sentinel_password=***";
+    if (!first)
+      query += '&';
+    first = false;
+    query.append(param);
+  }
+  return masked + "?" + query;
 }
 
 // ---------------------------------------------------------------------------
@@ -273,15 +434,9 @@ result<redis_endpoint> parse_redis_url(std::string_view url) {
   // The last '@' ends the userinfo, so an unescaped '@' in a password works.
   auto at = rest.rfind('@');
   if (at != std::string_view::npos) {
-    auto userinfo = rest.substr(0, at);
+    if (auto why = parse_userinfo(rest.substr(0, at), ep.user, ep.password); !why.empty())
+      return bad(why);
     rest.remove_prefix(at + 1);
-    auto colon = userinfo.find(':');
-    if (colon == std::string_view::npos)
-      return bad("credentials must be [user]:password@ (missing ':')");
-    if (!percent_decode(userinfo.substr(0, colon), ep.user))
-      return bad("bad %-escape in user name");
-    if (!percent_decode(userinfo.substr(colon + 1), ep.password))
-      return bad("bad %-escape in password");
   }
 
   std::string_view hostport = rest;
@@ -291,38 +446,122 @@ result<redis_endpoint> parse_redis_url(std::string_view url) {
     hostport = rest.substr(0, slash);
     path = rest.substr(slash + 1);
   }
+  if (auto why = parse_host_port(hostport, ep.host, ep.port); !why.empty())
+    return bad(why);
+  if (auto why = parse_db(path, ep.db); !why.empty())
+    return bad(why);
+  return ep;
+}
 
-  std::string_view host;
-  std::string_view port;
-  bool has_port = false;
-  if (!hostport.empty() && hostport.front() == '[') {  // [IPv6]:port
-    auto close = hostport.find(']');
-    if (close == std::string_view::npos)
-      return bad("unterminated '[' in IPv6 host");
-    host = hostport.substr(1, close - 1);
-    auto after = hostport.substr(close + 1);
-    if (!after.empty()) {
-      if (after.front() != ':')
-        return bad("unexpected text after ']'");
-      port = after.substr(1);
-      has_port = true;
-    }
-  } else {
-    auto colon = hostport.find(':');
-    host = hostport.substr(0, colon);
-    if (colon != std::string_view::npos) {
-      port = hostport.substr(colon + 1);
-      has_port = true;
+result<redis_database_spec> parse_redis_database(std::string_view url) {
+  // Error messages end up in logs: they quote the URL with its passwords
+  // masked, found by the same split as below (best effort on a broken URL).
+  auto bad = [&](const std::string& why) -> result<redis_database_spec> {
+    return make_error(redis_errc::bad_url, "bad Redis URL '" + mask_database_url(url) + "': " + why);
+  };
+  if (url.empty())
+    return bad("empty");
+  const database_url_parts parts = split_database_url(url);
+  redis_database_spec spec;
+  if (parts.scheme == "rediss" || parts.scheme == "rediss+sentinel")
+    return bad("TLS (" + std::string(parts.scheme) + "://) is not supported");
+  if (parts.scheme == "redis+sentinel")
+    spec.type = redis_database_spec::kind::sentinel;
+  else if (!parts.scheme.empty() && parts.scheme != "redis")
+    return bad("scheme must be redis:// or redis+sentinel://, not '" + std::string(parts.scheme) + "://'");
+  const bool sentinel = spec.type == redis_database_spec::kind::sentinel;
+  if (url.find('#') != std::string_view::npos)
+    return bad("fragments ('#') are not supported; %-escape a '#' in a password as %23");
+
+  // Query parameters. The kept ones (all but weight) rebuild `url`/`display`.
+  std::string kept_query;
+  std::string kept_query_masked;
+  if (parts.has_query) {
+    bool seen_weight = false;
+    bool seen_sentinel_password = false;
+    for (std::string_view param : split(parts.query, '&')) {
+      if (param.empty())
+        return bad("empty query parameter (a stray '?' or '&')");
+      auto eq = param.find('=');
+      std::string name(param.substr(0, eq));
+      if (eq == std::string_view::npos)
+        return bad("query parameter '" + name + "' needs a value (name=value)");
+      std::string_view value = param.substr(eq + 1);
+      if (name == "weight") {
+        if (seen_weight)
+          return bad("query parameter 'weight' is given more than once");
+        seen_weight = true;
+        int weight = 0;
+        if (!parse_decimal(value, 1, static_cast<int>(max_redis_database_weight), weight))
+          return bad("weight must be a whole number from 1 to " + std::to_string(max_redis_database_weight)
+                     + ", got '" + std::string(value) + "'");
+        spec.weight = static_cast<uint32_t>(weight);
+        continue;
+      }
+      if (name == "sentinel_password") {
+        if (!sentinel)
+          return bad("query parameter 'sentinel_password' is only for redis+sentinel:// URLs");
+        if (seen_sentinel_password)
+          return bad("query parameter 'sentinel_password' is given more than once");
+        seen_sentinel_password = true;
+        if (!percent_decode(value, spec.sentinel_password))
+          return bad("bad %-escape in sentinel_password");
+        if (spec.sentinel_password.empty())
+          return bad("sentinel_password is empty (leave the parameter out when Sentinels need none)");
+        append_param(kept_query, param);
+        append_param(kept_query_masked, "sentinel_password=***");
+        continue;
+      }
+      return bad("unknown query parameter '" + name + "' (known: weight"
+                 + (sentinel ? ", sentinel_password)" : ")"));
     }
   }
-  if (host.empty())
-    return bad("missing host");
-  ep.host.assign(host);
-  if (has_port && !parse_decimal(port, 1, 65535, ep.port))
-    return bad("port must be a number from 1 to 65535, got '" + std::string(port) + "'");
-  if (!path.empty() && !parse_decimal(path, 0, 1 << 20, ep.db))
-    return bad("database must be a non-negative number, got '" + std::string(path) + "'");
-  return ep;
+
+  if (parts.has_userinfo) {
+    if (auto why = parse_userinfo(parts.userinfo, spec.endpoint.user, spec.endpoint.password); !why.empty())
+      return bad(why);
+  }
+
+  if (!sentinel) {
+    if (parts.hosts.find(',') != std::string_view::npos)
+      return bad("several hosts are only allowed in redis+sentinel:// URLs");
+    if (auto why = parse_host_port(parts.hosts, spec.endpoint.host, spec.endpoint.port); !why.empty())
+      return bad(why);
+    if (auto why = parse_db(parts.path, spec.endpoint.db); !why.empty())
+      return bad(why);
+  } else {
+    for (std::string_view address : split(parts.hosts, ',')) {
+      if (address.empty())
+        return bad(parts.hosts.empty() ? "missing Sentinel host" : "empty Sentinel address in the list");
+      std::pair<std::string, int> sentinel_address{std::string(), default_sentinel_port};
+      if (auto why = parse_host_port(address, sentinel_address.first, sentinel_address.second); !why.empty())
+        return bad("Sentinel '" + std::string(address) + "': " + why);
+      spec.sentinels.push_back(std::move(sentinel_address));
+    }
+    auto slash = parts.path.find('/');
+    std::string_view name = parts.path.substr(0, slash);
+    if (!parts.has_path || name.empty())
+      return bad("missing /master-name after the Sentinel addresses");
+    if (!percent_decode(name, spec.master_name))
+      return bad("bad %-escape in master name");
+    if (slash != std::string_view::npos) {
+      if (auto why = parse_db(parts.path.substr(slash + 1), spec.endpoint.db); !why.empty())
+        return bad(why);
+    }
+    // Only resolution knows where the primary is; an empty host cannot be
+    // mistaken for a real address.
+    spec.endpoint.host.clear();
+    spec.endpoint.port = 0;
+  }
+
+  const std::string_view before_query = url.substr(0, parts.query_start);
+  spec.url.assign(before_query);
+  spec.display = mask_userinfo(url, parts);
+  if (!kept_query.empty()) {
+    spec.url += "?" + kept_query;
+    spec.display += "?" + kept_query_masked;
+  }
+  return spec;
 }
 
 // ---------------------------------------------------------------------------

@@ -15,6 +15,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace tally::adapters {
@@ -38,7 +39,45 @@ struct redis_endpoint {
   std::string password;
   int db = 0;
 };
+/// Parses the single-endpoint form above (the scheme may be left out:
+/// `host[:port]`). Refuses query strings: weights and Sentinels are
+/// parse_redis_database's.
 result<redis_endpoint> parse_redis_url(std::string_view url);
+
+/// The largest weight a database may have: weights are relative, and a bound
+/// keeps their sum far from overflowing uint32_t over any sane fleet.
+inline constexpr uint32_t max_redis_database_weight = 1000000;
+
+/// One configured Redis database: where it is and how much it is preferred.
+struct redis_database_spec {
+  enum class kind : uint8_t { direct, sentinel };
+  kind type = kind::direct;
+  /// direct: the server. sentinel: the primary's credentials and db; host
+  /// and port stay empty/0 until resolve_sentinel_primary fills them.
+  redis_endpoint endpoint;
+  std::vector<std::pair<std::string, int>> sentinels;  // sentinel: host, port (default 26379)
+  std::string master_name;                             // sentinel
+  std::string sentinel_password;                       // sentinel: optional ?sentinel_password=
+  uint32_t weight = 1;                                 // ?weight=N, 1..max_redis_database_weight
+  /// The URL as given, without the weight parameter: the identity of the
+  /// database, so that changing a weight does not make it a new database.
+  std::string url;
+  /// `url` with every password (userinfo and sentinel_password) replaced by
+  /// "***": for logs, metrics and TALLY.DB LIST.
+  std::string display;
+};
+
+/// Parses one database URL:
+///   redis://[[user]:password@]host[:port][/db][?weight=N]
+///   redis+sentinel://[[user]:password@]host[:port][,host2[:port2]...]/master-name[/db]
+///                   [?weight=N][&sentinel_password=...]
+/// The userinfo is always the data node's credentials; Sentinel ports
+/// default to 26379; IPv6 hosts go in brackets. The query starts at the first
+/// '?', so a password holding '?', '#' or '&' must %-escape it (':', '/' and
+/// '@' may stay raw, as for parse_redis_url). A URL without a scheme is a
+/// direct one, as for parse_redis_url. Errors (redis_errc::bad_url) say what
+/// is wrong and quote the URL with its passwords masked.
+result<redis_database_spec> parse_redis_database(std::string_view url);
 
 /// A reply, copied out of hiredis into plain values.
 struct redis_reply {

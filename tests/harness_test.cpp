@@ -1,7 +1,8 @@
 // tests/harness_test.cpp — checks the real-server harness (tests/harness)
-// against real redis-server and postgres processes: every later integration
-// test trusts that these servers start, keep data across kill -9 where they
-// should, and never outlive the test.
+// against real redis-server, redis-sentinel and postgres processes: every
+// later integration test trusts that these servers start, keep data across
+// kill -9 where they should, fail over when told to, and never outlive the
+// test.
 #include "tests/harness/servers.hpp"
 
 #include <gtest/gtest.h>
@@ -12,6 +13,8 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <iterator>
+#include <map>
 #include <netinet/in.h>
 #include <string>
 #include <sys/socket.h>
@@ -138,8 +141,29 @@ TEST(RedisServer, AnswersPingOnRawSocket) {
   // The options the harness promises are the ones the server runs with.
   const auto persistence = redis_command(redis.port(), {"INFO", "persistence"});
   EXPECT_NE(persistence.value.find("aof_enabled:1\r\n"), std::string::npos);
-  EXPECT_THROW(redis_command(redis.port(), {"CONFIG", "GET", "save"}), std::runtime_error)
-      << "arrays are not supported";
+  // Arrays: flat, nested, and the nil array.
+  const auto save = redis_command(redis.port(), {"CONFIG", "GET", "save"});
+  ASSERT_EQ(save.type, '*');
+  ASSERT_EQ(save.elements.size(), 2u);
+  EXPECT_EQ(save.elements[0].value, "save");
+  EXPECT_EQ(save.elements[1].value, "");
+  const auto nested = redis_command(redis.port(), {"EVAL", "return {1, {'a', 'bc'}, false, {}}", "0"});
+  ASSERT_EQ(nested.type, '*');
+  ASSERT_EQ(nested.elements.size(), 4u);
+  EXPECT_EQ(nested.elements[0].type, ':');
+  EXPECT_EQ(nested.elements[0].value, "1");
+  ASSERT_EQ(nested.elements[1].type, '*');
+  ASSERT_EQ(nested.elements[1].elements.size(), 2u);
+  EXPECT_EQ(nested.elements[1].elements[1].value, "bc");
+  EXPECT_TRUE(nested.elements[2].nil);  // Lua false is a nil bulk string
+  EXPECT_EQ(nested.elements[3].type, '*');
+  EXPECT_TRUE(nested.elements[3].elements.empty());
+  EXPECT_FALSE(nested.elements[3].nil);
+  const auto timed_out = redis_command(redis.port(), {"BLPOP", "tally:empty", "0.01"});
+  EXPECT_EQ(timed_out.type, '*');
+  EXPECT_TRUE(timed_out.nil);
+  // The connection stays in step after an array: the next reply is PING's.
+  EXPECT_EQ(redis_command(redis.port(), {"PING"}).value, "PONG");
 }
 
 TEST(RedisServer, AppendOnlyDataSurvivesKillAndStart) {
@@ -248,6 +272,138 @@ TEST(RedisServer, DiesWithCrashedTestProcess) {
   ASSERT_NE(wait_process(test_process, 5s), -1);
   EXPECT_TRUE(wait_for([&] { return !process_exists(redis_pid); }, 5s));
   fs::remove_all(dir);  // a crashed test leaks its dir, nothing else
+}
+
+TEST(RedisServer, ReplicaFollowsItsPrimary) {
+  redis_server primary(redis_options{false, "s3cret"});
+  redis_options replica_opts{false, "s3cret"};
+  replica_opts.replica_of_port = primary.port();
+  redis_server replica(replica_opts);
+  EXPECT_FALSE(primary.replica_link_up());
+  ASSERT_TRUE(wait_for([&] { return replica.replica_link_up(); }, 30s));  // masterauth worked
+
+  ASSERT_EQ(redis_command(primary.port(), {"SET", "tally:k", "replicated"}, "s3cret").value, "OK");
+  EXPECT_TRUE(wait_for([&] { return redis_command(replica.port(), {"GET", "tally:k"}, "s3cret").value == "replicated"; },
+                       30s));
+  const auto role = redis_command(replica.port(), {"ROLE"}, "s3cret");
+  ASSERT_EQ(role.type, '*');
+  ASSERT_GE(role.elements.size(), 3u);
+  EXPECT_EQ(role.elements[0].value, "slave");
+  EXPECT_EQ(role.elements[2].value, std::to_string(primary.port()));
+}
+
+// --- redis-sentinel --------------------------------------------------------------
+
+TEST(RedisSentinelServer, ReportsPrimaryAndFollowsFailover) {
+  redis_server primary(redis_options{false, ""});
+  redis_options replica_opts{false, ""};
+  replica_opts.replica_of_port = primary.port();
+  redis_server replica(replica_opts);
+  // Sentinel learns replicas from the primary's INFO, at once when it
+  // connects and every 10 s after: start it once the replica is attached.
+  ASSERT_TRUE(wait_for([&] { return replica.replica_link_up(); }, 30s));
+
+  redis_sentinel_server sentinel("tally-primary", primary.port());
+  ASSERT_TRUE(sentinel.running());
+  EXPECT_TRUE(process_exists(sentinel.pid()));
+  EXPECT_NE(sentinel.port(), primary.port());
+  EXPECT_EQ(sentinel.url(), "redis+sentinel://127.0.0.1:" + std::to_string(sentinel.port()) + "/tally-primary");
+  // It really is a Sentinel, and runs with the config the harness promises.
+  EXPECT_NE(redis_command(sentinel.port(), {"INFO", "server"}).value.find("redis_mode:sentinel"), std::string::npos);
+  const auto settings = redis_command(sentinel.port(), {"SENTINEL", "MASTER", "tally-primary"});
+  ASSERT_EQ(settings.type, '*');
+  std::map<std::string, std::string> fields;
+  for (std::size_t i = 0; i + 1 < settings.elements.size(); i += 2)
+    fields[settings.elements[i].value] = settings.elements[i + 1].value;
+  EXPECT_EQ(fields["quorum"], "1");
+  EXPECT_EQ(fields["down-after-milliseconds"], "1000");
+  EXPECT_EQ(fields["failover-timeout"], "5000");
+
+  EXPECT_EQ(sentinel.master_address(), std::make_pair(std::string("127.0.0.1"), primary.port()));
+  ASSERT_TRUE(sentinel.wait_for_replicas(1, 30s));
+  EXPECT_FALSE(sentinel.wait_for_replicas(2, 50ms));
+
+  const auto started = std::chrono::steady_clock::now();
+  sentinel.failover();
+  ASSERT_TRUE(wait_for([&] { return sentinel.master_address().second == replica.port(); }, 30s));
+  std::cout << "[ info     ] SENTINEL FAILOVER until the replica is named: "
+            << std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started).count()
+            << " ms\n";
+  EXPECT_EQ(redis_command(replica.port(), {"ROLE"}).elements.at(0).value, "master");
+  // Not waited for: the old primary becomes a replica only at Sentinel's
+  // next INFO to it, up to 10 s later, and says "master" until then.
+}
+
+TEST(RedisSentinelServer, FailoverWithoutReplicaThrows) {
+  redis_server primary(redis_options{false, ""});
+  redis_sentinel_server sentinel("lonely", primary.port());
+  try {
+    sentinel.failover();
+    ADD_FAILURE() << "failover without a replica succeeded";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("NOGOODSLAVE"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(sentinel.master_address().second, primary.port());
+}
+
+TEST(RedisSentinelServer, UnknownMasterAddressIsEmpty) {
+  redis_server primary(redis_options{false, ""});
+  redis_sentinel_server sentinel("known", primary.port());
+  const auto reply = redis_command(sentinel.port(), {"SENTINEL", "get-master-addr-by-name", "unknown"});
+  EXPECT_TRUE(reply.nil);
+  EXPECT_EQ(sentinel.master_address().first, "127.0.0.1");
+}
+
+TEST(RedisSentinelServer, RestartKeepsPortAndRewrittenConfig) {
+  redis_server primary(redis_options{false, ""});
+  pid_t last_pid;
+  std::string dir;
+  int port;
+  {
+    redis_sentinel_server sentinel("tally-primary", primary.port(), 1, 1000ms, 5000ms, "sentinel-pw");
+    port = sentinel.port();
+    dir = sentinel.dir();
+    EXPECT_EQ(sentinel.url(), "redis+sentinel://127.0.0.1:" + std::to_string(port) +
+                                  "/tally-primary?sentinel_password=sentinel-pw");
+    EXPECT_EQ(raw_exchange(port, ping, 8).rfind("-NOAUTH", 0), 0u);
+    const pid_t first_pid = sentinel.pid();
+
+    // Sentinel rewrites its config with what it learned (here: its id).
+    std::ifstream conf(dir + "/sentinel.conf");
+    const std::string text((std::istreambuf_iterator<char>(conf)), std::istreambuf_iterator<char>());
+    EXPECT_NE(text.find("sentinel myid "), std::string::npos) << text;
+
+    sentinel.kill();
+    EXPECT_FALSE(sentinel.running());
+    EXPECT_FALSE(process_exists(first_pid));
+    EXPECT_FALSE(port_open(port));
+    sentinel.start();
+    EXPECT_EQ(sentinel.port(), port);
+    EXPECT_NE(sentinel.pid(), first_pid);
+    EXPECT_EQ(sentinel.master_address().second, primary.port());
+
+    sentinel.stop();
+    EXPECT_FALSE(port_open(port));
+    sentinel.start();
+    EXPECT_EQ(sentinel.master_address().second, primary.port());
+    last_pid = sentinel.pid();
+  }
+  EXPECT_FALSE(process_exists(last_pid));
+  EXPECT_FALSE(fs::exists(dir));
+  EXPECT_FALSE(port_open(port));
+}
+
+TEST(RedisSentinelServer, StartFailureThrowsWithTheLog) {
+  redis_server primary(redis_options{false, ""});
+  try {
+    redis_sentinel_server sentinel("tally-primary", primary.port(), 0);  // Sentinel refuses quorum 0
+    ADD_FAILURE() << "started with quorum 0";
+  } catch (const std::runtime_error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("exited while starting"), std::string::npos) << what;
+    EXPECT_NE(what.find("sentinel.log"), std::string::npos) << what;
+    EXPECT_NE(what.find("Quorum"), std::string::npos) << what;  // Sentinel's own words
+  }
 }
 
 // --- postgres --------------------------------------------------------------------

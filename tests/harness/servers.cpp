@@ -1,5 +1,6 @@
 // tests/harness/servers.cpp — child processes for integration tests: a
-// fork/exec spawner, a raw RESP client, and redis-server / postgres owners.
+// fork/exec spawner, a raw RESP client, and redis-server / redis-sentinel /
+// postgres owners.
 //
 // Why by hand instead of system() or a client library: the harness must know
 // the pid it started (to SIGKILL exactly that server, and its descendants),
@@ -544,6 +545,18 @@ private:
         buffer_.erase(0, needed);
         return reply;
       }
+      case '*': {
+        const long long count = std::stoll(line.substr(1));
+        if (count < 0) {
+          reply.nil = true;
+          return reply;
+        }
+        // Each element is a whole reply of its own, nested arrays included.
+        reply.elements.reserve(static_cast<std::size_t>(count));
+        for (long long i = 0; i < count; ++i)
+          reply.elements.push_back(read_reply());
+        return reply;
+      }
       default:
         throw std::runtime_error("redis_command: unsupported reply type '" + line.substr(0, 1) + "'");
     }
@@ -599,6 +612,10 @@ std::string pg_bin(const std::string& name) {
 } // namespace
 
 // --- public helpers ----------------------------------------------------------------
+
+std::string temp_dir(const std::string& prefix) {
+  return make_temp_dir(prefix);
+}
 
 int free_port() {
   unique_fd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
@@ -712,11 +729,19 @@ bool redis_server::try_start() {
                "--daemonize", "no",
                "--dir", dir_,
                "--logfile", log,
-               "--appendonly", opts_.appendonly ? "yes" : "no"};
+               "--appendonly", opts_.appendonly ? "yes" : "no",
+               // A primary otherwise waits 5 s for more replicas to share one
+               // diskless full sync; tests attach their replicas one by one.
+               "--repl-diskless-sync-delay", "0"};
   if (opts_.appendonly)
     spec.argv.insert(spec.argv.end(), {"--appendfsync", "always"});
   if (!opts_.requirepass.empty())
     spec.argv.insert(spec.argv.end(), {"--requirepass", opts_.requirepass});
+  if (opts_.replica_of_port > 0) {
+    spec.argv.insert(spec.argv.end(), {"--replicaof", "127.0.0.1", std::to_string(opts_.replica_of_port)});
+    if (!opts_.requirepass.empty())
+      spec.argv.insert(spec.argv.end(), {"--masterauth", opts_.requirepass});
+  }
   spec.log_file = log;  // stdout/stderr: errors printed before the logfile opens
   spec.cwd = dir_;
   pid_ = spawn(spec);
@@ -771,6 +796,187 @@ void redis_server::kill() {
     return;
   kill_tree(pid_);  // also any BGREWRITEAOF child
   pid_ = -1;
+}
+
+bool redis_server::replica_link_up() const {
+  const auto info = redis_command(port_, {"INFO", "replication"}, opts_.requirepass);
+  return info.value.find("master_link_status:up\r\n") != std::string::npos;
+}
+
+// --- redis_sentinel_server ---------------------------------------------------------
+
+redis_sentinel_server::redis_sentinel_server(std::string master_name, int master_port, int quorum,
+                                             milliseconds down_after, milliseconds failover_timeout,
+                                             std::string requirepass)
+    : master_name_(std::move(master_name)), master_port_(master_port), quorum_(quorum),
+      down_after_(down_after), failover_timeout_(failover_timeout), requirepass_(std::move(requirepass)),
+      dir_(make_temp_dir("tally-sentinel-")) {
+  try {
+    for (int attempt = 1;; ++attempt) {
+      port_ = free_port();
+      // The port is in the file: a retry on another port needs a new one.
+      write_config();
+      if (try_start())
+        return;
+      if (attempt == first_start_attempts)
+        throw std::runtime_error("redis-sentinel: lost the race for a free port " +
+                                 std::to_string(attempt) + " times" + log_tail(log_file()));
+    }
+  } catch (...) {
+    if (running())
+      kill();
+    remove_dir(dir_);
+    throw;
+  }
+}
+
+redis_sentinel_server::~redis_sentinel_server() {
+  stop();
+  remove_dir(dir_);
+}
+
+std::string redis_sentinel_server::url() const {
+  std::string url = "redis+sentinel://127.0.0.1:" + std::to_string(port_) + "/" + master_name_;
+  if (!requirepass_.empty())
+    url += "?sentinel_password=" + requirepass_;
+  return url;
+}
+
+void redis_sentinel_server::write_config() const {
+  // Sentinel parses its config with sdssplitargs: double quotes keep a value
+  // with spaces whole, and a backslash escapes '"' and '\' inside them.
+  auto quoted = [](const std::string& value) {
+    std::string out = "\"";
+    for (const char c : value) {
+      if (c == '"' || c == '\\')
+        out += '\\';
+      out += c;
+    }
+    return out + "\"";
+  };
+  const std::string name = quoted(master_name_);
+  std::ofstream conf(config_file(), std::ios::trunc);
+  conf << "port " << port_ << "\n"
+       << "bind 127.0.0.1\n"
+       << "daemonize no\n"
+       << "logfile " << quoted(log_file()) << "\n"
+       << "dir " << quoted(dir_) << "\n"
+       // The tests name every node by IP; Sentinel then never calls the resolver.
+       << "sentinel resolve-hostnames no\n"
+       << "sentinel monitor " << name << " 127.0.0.1 " << master_port_ << " " << quorum_ << "\n"
+       << "sentinel down-after-milliseconds " << name << " " << down_after_.count() << "\n"
+       << "sentinel failover-timeout " << name << " " << failover_timeout_.count() << "\n";
+  if (!requirepass_.empty())
+    conf << "requirepass " << quoted(requirepass_) << "\n";
+  conf.close();
+  if (!conf)
+    throw std::runtime_error("redis-sentinel: cannot write " + config_file());
+}
+
+bool redis_sentinel_server::try_start() {
+  const std::string log = log_file();
+  const auto log_offset = file_size_or_zero(log);
+  spawn_spec spec;
+  // The redis-sentinel name matters: Debian's /usr/bin/redis-sentinel is a
+  // symlink to the redis-server binary, which runs as Sentinel when argv[0]
+  // says so. Sentinel needs its config as a writable file, not flags: it
+  // saves what it learns there.
+  spec.argv = {"redis-sentinel", config_file()};
+  spec.log_file = log;  // config errors are printed before the logfile opens
+  spec.cwd = dir_;
+  pid_ = spawn(spec);
+
+  const auto until = steady::now() + redis_start_deadline;
+  for (;;) {
+    int status = 0;
+    if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+      pid_ = -1;
+      if (read_from(log, log_offset).find("Address already in use") != std::string::npos)
+        return false;
+      throw std::runtime_error("redis-sentinel on port " + std::to_string(port_) + " exited while starting (" +
+                               describe_status(status) + ")" + log_tail(log));
+    }
+    // INFO server answers in Sentinel mode too, with its process_id.
+    switch (probe_redis(port_, requirepass_, pid_)) {
+      case probe_result::ready:
+        return true;
+      case probe_result::someone_else:
+        kill();
+        return false;
+      case probe_result::not_ready:
+        break;
+    }
+    if (steady::now() >= until) {
+      kill();
+      throw std::runtime_error("redis-sentinel on port " + std::to_string(port_) + " not ready after " +
+                               std::to_string(redis_start_deadline.count()) + " ms" + log_tail(log));
+    }
+    std::this_thread::sleep_for(5ms);
+  }
+}
+
+void redis_sentinel_server::start() {
+  if (running())
+    throw std::logic_error("redis_sentinel_server::start: already running");
+  // Same port and the config Sentinel rewrote: it resumes what it knew.
+  if (!try_start())
+    throw std::runtime_error("redis-sentinel: port " + std::to_string(port_) +
+                             " was taken by another process while stopped" + log_tail(log_file()));
+}
+
+void redis_sentinel_server::stop() {
+  if (!running())
+    return;
+  terminate_child(pid_, SIGTERM, redis_stop_deadline);
+  pid_ = -1;
+}
+
+void redis_sentinel_server::kill() {
+  if (!running())
+    return;
+  kill_tree(pid_);
+  pid_ = -1;
+}
+
+std::pair<std::string, int> redis_sentinel_server::master_address() const {
+  const auto reply = redis_command(port_, {"SENTINEL", "get-master-addr-by-name", master_name_}, requirepass_);
+  if (reply.nil)
+    return {"", 0};
+  if (reply.type != '*' || reply.elements.size() != 2)
+    throw std::runtime_error("redis-sentinel: unexpected reply to get-master-addr-by-name: " + reply.value);
+  return {reply.elements[0].value, std::stoi(reply.elements[1].value)};
+}
+
+void redis_sentinel_server::failover() const {
+  const auto reply = redis_command(port_, {"SENTINEL", "FAILOVER", master_name_}, requirepass_);
+  if (reply.type != '+')
+    throw std::runtime_error("redis-sentinel: SENTINEL FAILOVER " + master_name_ + ": " + reply.value);
+}
+
+bool redis_sentinel_server::wait_for_replicas(int n, milliseconds deadline) const {
+  // Mirrors what Sentinel checks before it promotes a replica
+  // (sentinelSelectSlave): a live link, not down, and a recent INFO of its
+  // own, which is what sets master-link-status.
+  auto fit_replicas = [&] {
+    const auto reply = redis_command(port_, {"SENTINEL", "REPLICAS", master_name_}, requirepass_);
+    if (reply.type != '*')
+      throw std::runtime_error("redis-sentinel: SENTINEL REPLICAS " + master_name_ + ": " + reply.value);
+    int fit = 0;
+    for (const auto& replica : reply.elements) {
+      std::map<std::string, std::string> fields;  // a flat field, value, field, value... list
+      for (std::size_t i = 0; i + 1 < replica.elements.size(); i += 2)
+        fields[replica.elements[i].value] = replica.elements[i + 1].value;
+      const std::string flags = "," + fields["flags"] + ",";
+      const bool healthy = flags.find(",slave,") != std::string::npos &&
+                           flags.find(",disconnected,") == std::string::npos &&
+                           flags.find(",s_down,") == std::string::npos &&
+                           flags.find(",o_down,") == std::string::npos;
+      if (healthy && fields["master-link-status"] == "ok")
+        ++fit;
+    }
+    return fit >= n;
+  };
+  return wait_for(fit_replicas, deadline);
 }
 
 // --- postgres_server ---------------------------------------------------------------

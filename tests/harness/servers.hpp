@@ -1,4 +1,5 @@
-// tests/harness/servers.hpp — real redis-server and postgres for tests.
+// tests/harness/servers.hpp — real redis-server, redis-sentinel and postgres
+// for tests.
 //
 // Each server runs on a free loopback port in its own temp dir, is waited for
 // with a deadline, and is torn down (SIGKILL if SIGTERM does not do) when the
@@ -17,9 +18,14 @@
 #include <memory>
 #include <string>
 #include <sys/types.h>
+#include <utility>
 #include <vector>
 
 namespace tally::testing {
+
+/// Creates a fresh 0700 directory under $TMPDIR (or /tmp) and returns its
+/// path; the caller removes it (or leaves it to the OS's tmp cleaning).
+std::string temp_dir(const std::string& prefix);
 
 /// Returns a TCP port that was free on 127.0.0.1 a moment ago.
 int free_port();
@@ -30,11 +36,13 @@ bool port_open(int port);
 /// Returns whether `pid` names a live process (a zombie counts as dead).
 bool process_exists(pid_t pid);
 
-/// One reply read by redis_command. Arrays are not supported (it throws).
+/// One RESP2 reply read by redis_command (RESP3 types throw: the harness
+/// never sends HELLO 3).
 struct resp_reply {
-  char type = 0;        // '+' simple string, '-' error, ':' integer, '$' bulk
-  std::string value;    // without the type byte and CRLF
-  bool nil = false;     // '$' with length -1
+  char type = 0;        // '+' simple string, '-' error, ':' integer, '$' bulk, '*' array
+  std::string value;    // without the type byte and CRLF; empty for arrays
+  bool nil = false;     // '$' or '*' with length -1
+  std::vector<resp_reply> elements;  // '*': the elements, nested arrays included
 };
 
 /// Sends one command as raw RESP on a fresh connection to 127.0.0.1:port
@@ -49,6 +57,9 @@ resp_reply redis_command(int port, const std::vector<std::string>& args,
 struct redis_options {
   bool appendonly = true;           // appendonly yes + appendfsync always
   std::string requirepass;          // empty: no password
+  /// > 0: starts as `replicaof 127.0.0.1 <port>` (with masterauth =
+  /// requirepass: a replica of a harness server shares its password).
+  int replica_of_port = 0;
 };
 
 /// One redis-server child process. The constructor picks a free port and
@@ -73,12 +84,81 @@ public:
   void restart() { stop(); start(); }
   bool running() const noexcept { return pid_ > 0; }
 
+  /// Returns whether this replica has finished its sync with its primary
+  /// (INFO replication says master_link_status:up); false for a primary.
+  bool replica_link_up() const;
+
 private:
   /// Starts once on port_; returns false if another process holds the port.
   bool try_start();
   std::string log_file() const { return dir_ + "/redis.log"; }
 
   redis_options opts_;
+  std::string dir_;
+  int port_ = 0;
+  pid_t pid_ = -1;
+};
+
+/// One redis-sentinel child process monitoring one primary on 127.0.0.1.
+///
+/// The constructor picks a free port, writes sentinel.conf into its own temp
+/// dir (`sentinel monitor <name> 127.0.0.1 <master_port> <quorum>`, the
+/// down-after and failover timeouts, `resolve-hostnames no`) and starts it.
+/// Sentinel rewrites that file as it learns (its id, replicas, other
+/// Sentinels, epochs, a failover's new primary), so stop()/kill() + start()
+/// resumes with what it knew, as a real restart does. Sentinel discovers
+/// replicas through the primary's INFO (every 10 s, at once on connect):
+/// start it after the replicas are in sync, and wait_for_replicas() before a
+/// failover(), which needs a replica it has seen healthy.
+class redis_sentinel_server {
+public:
+  redis_sentinel_server(std::string master_name, int master_port, int quorum = 1,
+                        std::chrono::milliseconds down_after = std::chrono::milliseconds(1000),
+                        std::chrono::milliseconds failover_timeout = std::chrono::milliseconds(5000),
+                        std::string requirepass = "");  // non-empty: clients must AUTH with it
+  ~redis_sentinel_server();          // stops the Sentinel, removes the dir
+  redis_sentinel_server(const redis_sentinel_server&) = delete;
+  redis_sentinel_server& operator=(const redis_sentinel_server&) = delete;
+
+  int port() const noexcept { return port_; }
+  pid_t pid() const noexcept { return pid_; }
+  const std::string& dir() const noexcept { return dir_; }
+  const std::string& master_name() const noexcept { return master_name_; }
+  /// redis+sentinel://127.0.0.1:<port>/<master name> (with
+  /// ?sentinel_password=<requirepass> when set).
+  std::string url() const;
+  bool running() const noexcept { return pid_ > 0; }
+
+  void start();                      // (re)start on the same port and dir; waits for PING
+  void stop();                       // SIGTERM, wait for exit
+  void kill();                       // SIGKILL, wait for exit
+
+  /// Asks it for the master's address (SENTINEL get-master-addr-by-name);
+  /// {"", 0} when it does not know the master. Throws when it cannot ask.
+  std::pair<std::string, int> master_address() const;
+  /// Starts a failover now, without agreement from other Sentinels
+  /// (SENTINEL FAILOVER). Throws on an error reply (-NOGOODSLAVE: no replica
+  /// it knows is fit; -INPROG: one is running).
+  void failover() const;
+  /// Waits until it knows at least `n` replicas of the master that are fit
+  /// for promotion (connected, not down, their own INFO says the link to the
+  /// master is ok); returns whether that happened within `deadline`.
+  bool wait_for_replicas(int n, std::chrono::milliseconds deadline) const;
+
+private:
+  /// Writes a fresh sentinel.conf for port_.
+  void write_config() const;
+  /// Starts once on port_; returns false if another process holds the port.
+  bool try_start();
+  std::string config_file() const { return dir_ + "/sentinel.conf"; }
+  std::string log_file() const { return dir_ + "/sentinel.log"; }
+
+  std::string master_name_;
+  int master_port_;
+  int quorum_;
+  std::chrono::milliseconds down_after_;
+  std::chrono::milliseconds failover_timeout_;
+  std::string requirepass_;
   std::string dir_;
   int port_ = 0;
   pid_t pid_ = -1;
