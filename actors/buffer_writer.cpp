@@ -3,9 +3,10 @@
 
 #include "actors/aggregator.hpp"
 #include "actors/atoms.hpp"
-#include "actors/retention.hpp"  // stage 2 (issue 3)
+#include "actors/retention.hpp"
 #include "adapters/batch_codec.hpp"
-#include "adapters/redis_client.hpp"
+#include "adapters/redis_keyspace.hpp"
+#include "core/backoff.hpp"
 #include "core/log.hpp"
 
 #include <caf/all.hpp>
@@ -13,15 +14,12 @@
 #include <chrono>
 #include <deque>
 #include <optional>
-#include <random>
 
 namespace tally {
 
 namespace {
 
 using namespace std::chrono;
-
-
 
 int64_t now_ms() {
   return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
@@ -31,6 +29,7 @@ struct pending_batch {
   uint64_t seq;
   std::string id;
   std::string bytes;
+  bool attempted = false;  // the failure detector counts a batch's first failed write only
 };
 
 struct writer_state {
@@ -38,12 +37,14 @@ struct writer_state {
   ingest_state* ingest = nullptr;
   std::vector<caf::actor> aggregators;
   std::string instance;
-  std::string batches_key;
-  std::string marker_prefix;
-
-  std::vector<adapters::redis_endpoint> endpoints;
-  std::optional<adapters::redis_client> redis;
-  size_t endpoint_index = 0;
+  std::optional<adapters::redis_keyspace> keys;
+  const redis_fleet* fleet = nullptr;
+  redis_link redis;
+  caf::actor retention;
+  std::shared_ptr<journal_set> journals;
+  bool journal_full = false;      // the own journal refused an append; cleared when it empties
+  bool spilling = false;          // batches went to the journal since it was last replayed
+  std::string failure;            // the last write failure logged (once per streak)
 
   uint64_t next_seq = 0;
   std::deque<pending_batch> pending;
@@ -59,8 +60,7 @@ struct writer_state {
   uint64_t retry_generation = 0;  // backoff timers, counted apart so a cycle
                                   // scheduled meanwhile cannot void a retry
   bool in_backoff = false;
-  milliseconds backoff{0};
-  std::mt19937_64 rng{std::random_device{}()};
+  backoff retry{milliseconds(50), milliseconds(2000)};
 
   bool draining = false;
   bool need_final_cycle = false;
@@ -87,73 +87,236 @@ void complete_tickets(writer_state& st, uint64_t written_up_to, bool all) {
   }
 }
 
-bool ensure_connected(writer_state& st) {
-  if (st.redis && st.redis->connected())
-    return true;
-  // The first database that answers, starting with the one that last worked.
-  for (size_t i = 0; i < st.endpoints.size(); ++i) {
-    size_t at = (st.endpoint_index + i) % st.endpoints.size();
-    auto client = adapters::redis_client::connect(st.endpoints[at], st.ingest->cfg.redis_timeout);
-    if (client) {
-      if (at != st.endpoint_index || !st.redis)
-        TALLY_INFO("buffer_writer", "stage 1 writes to redis " << st.endpoints[at].host << ":"
-                                                               << st.endpoints[at].port);
-      st.redis.emplace(std::move(*client));
-      st.endpoint_index = at;
-      return true;
-    }
-    TALLY_WARN("buffer_writer", "redis " << st.endpoints[at].host << ":" << st.endpoints[at].port
-                                         << " unreachable: " << client.error().message);
+/// What the health checks say about the databases, from the writer's side.
+enum class outlook {
+  active,      // a database takes writes
+  judging,     // none active, but some database has not been judged yet (starting)
+  recovering,  // none active; some recovered and wait out their grace period
+  down,        // every database is down (circuit open)
+};
+
+outlook fleet_outlook(const writer_state& st) {
+  auto view = st.fleet->view();
+  if (view->active >= 0)
+    return outlook::active;
+  bool recovering = false;
+  for (const auto& db : view->dbs) {
+    if (db.state == circuit_state::unknown)
+      return outlook::judging;
+    recovering |= db.state != circuit_state::open;
   }
-  st.redis.reset();
-  return false;
+  return recovering ? outlook::recovering : outlook::down;
 }
 
-/// Writes pending batches in order; false (and backoff armed) on failure.
-bool write_pending(writer_actor* self) {
-  auto& st = self->state;
-  while (!st.pending.empty()) {
-    auto& b = st.pending.front();
-    std::string marker = st.marker_prefix + b.id;
-    bool ok = false;
-    std::string why;
-    if (ensure_connected(st)) {
-      auto reply = st.redis->command({"EVAL", stage1_push_script, "2", st.batches_key, marker, b.bytes, stage1_marker_ttl_ms});
-      ok = reply.ok();
-      if (!ok)
-        why = reply.error().message;
-    } else {
-      why = "no redis database reachable";
+/// Whether pending batches should go to the journal now. While running:
+/// whenever no database is active (writes have nowhere to go) or too many
+/// wait. While stopping: only when every database is down or the deadline
+/// passed; a database in its grace period will take them before the
+/// deadline, and Redis beats a local file the next start may never read.
+bool should_spill(const writer_state& st, int64_t now) {
+  auto o = fleet_outlook(st);
+  if (st.draining)
+    return o == outlook::down || now >= st.drain_deadline_ms;
+  return o == outlook::down || o == outlook::recovering
+         || st.pending.size() >= st.ingest->cfg.max_pending_batches;
+}
+
+bool journals_empty(const writer_state& st) {
+  if (!st.journals)
+    return true;
+  if (st.journals->own && !st.journals->own->empty())
+    return false;
+  for (const auto& j : st.journals->adopted)
+    if (!j.empty())
+      return false;
+  return true;
+}
+
+void update_journal_counters(writer_state& st) {
+  uint64_t batches = 0, bytes = 0;
+  if (st.journals) {
+    if (st.journals->own) {
+      batches += st.journals->own->records();
+      bytes += st.journals->own->size_bytes();
     }
-    if (!ok) {
-      st.ingest->counters.stage1_failures.fetch_add(1);
-      auto& cfg = st.ingest->cfg;
-      st.backoff = st.backoff.count() == 0 ? cfg.retry_backoff_min
-                                            : std::min(cfg.retry_backoff_max, st.backoff * 2);
-      // Jitter spreads the retries of a fleet that lost Redis at once.
-      auto jitter = milliseconds(st.rng() % (st.backoff.count() / 4 + 1));
-      TALLY_WARN("buffer_writer", "stage-1 write of " << b.id << " failed (" << why << "); "
-                                  << st.pending.size() << " batches pending, retry in "
-                                  << (st.backoff + jitter).count() << " ms");
-      st.in_backoff = true;
-      self->delayed_send(self, st.backoff + jitter, retry_atom::value, ++st.retry_generation);
+    for (const auto& j : st.journals->adopted) {
+      batches += j.records();
+      bytes += j.size_bytes();
+    }
+  }
+  st.ingest->counters.journal_batches.store(batches);
+  st.ingest->counters.journal_bytes.store(bytes);
+}
+
+/// Moves pending batches, oldest first, into the own journal and fsyncs once
+/// (group commit); their durable records are then acknowledged. Stops at
+/// the journal's size bound. Returns how many moved.
+size_t spill(writer_actor* self, const std::string& why) {
+  auto& st = self->state;
+  if (st.pending.empty() || !st.journals || !st.journals->own)
+    return 0;
+  auto& journal = *st.journals->own;
+  size_t appended = 0;
+  for (const auto& b : st.pending) {
+    auto appended_ok = journal.append(b.bytes);
+    if (!appended_ok) {
+      if (appended_ok.error().code == static_cast<int>(adapters::journal_errc::full)) {
+        if (!st.journal_full)
+          TALLY_ERROR("buffer_writer", "spill journal " << journal.path() << " is full (" << journal.size_bytes()
+                                       << " bytes, journal_max_bytes): ingest pushes back until redis takes batches");
+        st.journal_full = true;
+        st.ingest->counters.journal_full.store(1);
+      } else {
+        TALLY_ERROR("buffer_writer", "spill journal append failed: " << appended_ok.error().message);
+      }
+      break;
+    }
+    ++appended;
+  }
+  if (appended == 0)
+    return 0;
+  if (auto synced = journal.sync(); !synced) {
+    // Not durable: keep them pending (a copy in the file is harmless: a
+    // replay pushes it idempotently).
+    TALLY_ERROR("buffer_writer", "spill journal fsync failed: " << synced.error().message);
+    return 0;
+  }
+  if (!st.spilling)
+    TALLY_WARN("buffer_writer", "writing batches to the spill journal " << journal.path() << " (" << why << ")");
+  st.spilling = true;
+  uint64_t last_seq = st.pending[appended - 1].seq;
+  st.pending.erase(st.pending.begin(), st.pending.begin() + static_cast<long>(appended));
+  st.ingest->counters.pending_batches.store(st.pending.size());
+  st.ingest->counters.journaled.fetch_add(appended);
+  update_journal_counters(st);
+  complete_tickets(st, last_seq, false);
+  return appended;
+}
+
+/// Pushes one journal's records, in order, to the active database. False
+/// (the journal kept whole) when a push failed.
+bool replay(writer_actor* self, adapters::spill_journal& journal, std::string& why) {
+  auto& st = self->state;
+  size_t pushed = 0;
+  bool ok = true;
+  auto read = journal.for_each([&](std::string_view record) {
+    auto id = adapters::peek_batch_id(record);
+    status pushed_ok;
+    if (id) {
+      auto r = st.redis.check(st.keys->push_batch(*st.redis.client, *id, record));
+      if (!r)
+        pushed_ok = r.error();
+    } else {
+      // Not readable as a batch: push it anyway, the leader dead-letters it
+      // with the reason (never dropped silently).
+      pushed_ok = st.redis.check(st.keys->push_batch_copy(*st.redis.client, record));
+    }
+    if (!pushed_ok) {
+      why = pushed_ok.error().message;
+      ok = false;
       return false;
     }
-    st.ingest->counters.batches_written.fetch_add(1);
-    st.ingest->counters.batch_bytes_written.fetch_add(b.bytes.size());
-    // --- stage 2 (issue 3): producer retention keeps the batch until it is applied.
-    if (auto retention = self->system().registry().get<caf::actor>(retention_registry_name))
-      self->send(retention, retain_atom::value, b.id, std::move(b.bytes));
-    // --- end stage 2
-    uint64_t seq = b.seq;
-    st.pending.pop_front();
-    st.ingest->counters.pending_batches.store(st.pending.size());
-    complete_tickets(st, seq, false);
+    ++pushed;
+    st.ingest->counters.replayed.fetch_add(1);
+    if (id)
+      self->send(st.retention, retain_atom::value, *id, std::string(record), st.redis.generation());
+    return true;
+  });
+  if (!read) {
+    why = "reading " + journal.path() + ": " + read.error().message;
+    return false;
   }
-  st.backoff = milliseconds{0};
-  st.in_backoff = false;
-  complete_tickets(st, 0, true);
+  if (ok && pushed > 0)
+    TALLY_INFO("buffer_writer", "replayed " << pushed << " batches from the spill journal " << journal.path()
+                                            << " to redis " << st.redis.db_display());
+  return ok;
+}
+
+/// Replays every journal (earlier processes' first, then the own one) and
+/// empties it. False when a push failed.
+bool replay_journals(writer_actor* self, std::string& why) {
+  auto& st = self->state;
+  if (!st.journals)
+    return true;
+  auto& adopted = st.journals->adopted;
+  while (!adopted.empty()) {
+    if (!adopted.front().empty() && !replay(self, adopted.front(), why))
+      return false;
+    if (auto removed = adopted.front().remove(); !removed)
+      TALLY_WARN("buffer_writer", "removing a replayed journal failed: " << removed.error().message);
+    adopted.erase(adopted.begin());
+    update_journal_counters(st);
+  }
+  if (st.journals->own && !st.journals->own->empty()) {
+    if (!replay(self, *st.journals->own, why))
+      return false;
+    if (auto cleared = st.journals->own->clear(); !cleared) {
+      why = "clearing the spill journal: " + cleared.error().message;
+      return false;
+    }
+    st.journal_full = false;
+    st.ingest->counters.journal_full.store(0);
+    st.spilling = false;
+    update_journal_counters(st);
+  }
   return true;
+}
+
+/// Writes what waits (journals first, then pending batches, in order); on
+/// failure journals them when no database is healthy or too many wait, and
+/// arms the backoff. True when nothing is left to write.
+bool write_pending(writer_actor* self) {
+  auto& st = self->state;
+  std::string why;
+  bool ok = false;
+  if (fleet_outlook(st) == outlook::judging) {
+    // Starting: the health checks have not judged every database yet. Not
+    // a failure; look again shortly.
+    st.in_backoff = true;
+    self->delayed_send(self, milliseconds(20), retry_atom::value, ++st.retry_generation);
+    return false;
+  }
+  if (st.redis.ensure()) {
+    ok = replay_journals(self, why);
+    while (ok && !st.pending.empty()) {
+      auto& b = st.pending.front();
+      auto r = st.redis.check(st.keys->push_batch(*st.redis.client, b.id, b.bytes), !b.attempted);
+      b.attempted = true;
+      if (!r) {
+        why = "stage-1 write failed: " + r.error().message;
+        ok = false;
+        break;
+      }
+      st.ingest->counters.batches_written.fetch_add(1);
+      st.ingest->counters.batch_bytes_written.fetch_add(b.bytes.size());
+      self->send(st.retention, retain_atom::value, b.id, std::move(b.bytes), st.redis.generation());
+      uint64_t seq = b.seq;
+      st.pending.pop_front();
+      st.ingest->counters.pending_batches.store(st.pending.size());
+      complete_tickets(st, seq, false);
+    }
+  } else {
+    why = "no healthy redis database";
+  }
+  if (ok) {
+    if (!st.failure.empty())
+      TALLY_INFO("buffer_writer", "stage-1 writes go through again, to redis " << st.redis.db_display());
+    st.failure.clear();
+    st.retry.reset();
+    st.in_backoff = false;
+    complete_tickets(st, 0, true);
+    return true;
+  }
+  st.ingest->counters.stage1_failures.fetch_add(1);
+  if (should_spill(st, now_ms()))
+    spill(self, why);
+  auto delay = st.retry.next();
+  if (why != st.failure)
+    TALLY_WARN("buffer_writer", why << "; " << st.pending.size() << " batches pending; retrying with backoff");
+  st.failure = why;
+  st.in_backoff = true;
+  self->delayed_send(self, delay, retry_atom::value, ++st.retry_generation);
+  return false;
 }
 
 bool tickets_waiting(writer_state& st) {
@@ -165,16 +328,37 @@ void after_cycle(writer_actor* self) {
   auto& st = self->state;
   if (st.draining) {
     // Done once a cycle that began after close() has swapped every shard
-    // (it holds every accepted event) and its batches are in Redis.
-    if (!st.need_final_cycle && !st.collecting && st.pending.empty()) {
+    // (it holds every accepted event) and its batches are in Redis, and the
+    // journals are replayed too, unless every database is down (then they
+    // wait for the next start).
+    if (!st.need_final_cycle && !st.collecting && st.pending.empty()
+        && (journals_empty(st) || fleet_outlook(st) == outlook::down)) {
+      // An empty journal is not left behind for the next start to adopt.
+      if (journals_empty(st) && st.journals && st.journals->own) {
+        if (auto removed = st.journals->own->remove(); !removed)
+          TALLY_WARN("buffer_writer", "removing the empty spill journal failed: " << removed.error().message);
+        st.journals->own.reset();
+      }
       complete_tickets(st, 0, true);
       st.drain_promise.deliver(true);
       st.draining = false;
       return;
     }
-    if (now_ms() >= st.drain_deadline_ms) {
+    bool past_deadline = now_ms() >= st.drain_deadline_ms;
+    if (!st.need_final_cycle && !st.collecting && should_spill(st, now_ms())) {
+      // Redis will not take them in time: the journal keeps them for the
+      // next start, which replays it first.
+      spill(self, past_deadline ? "stop deadline passed" : "stopping while every redis database is down");
+      if (st.pending.empty()) {
+        complete_tickets(st, 0, true);
+        st.drain_promise.deliver(true);
+        st.draining = false;
+        return;
+      }
+    }
+    if (past_deadline) {
       TALLY_ERROR("buffer_writer", "stop deadline passed with " << st.pending.size()
-                                   << " batches not written to redis; their events are lost");
+                                   << " batches neither in redis nor in the spill journal; their events are lost");
       while (!st.waiting.empty()) {
         st.waiting.front().second.done(field_error{errc::stopped, field::none});
         st.waiting.pop_front();
@@ -262,11 +446,17 @@ void start_cycle(writer_actor* self) {
   if (st.collecting)
     return;
   if (st.pending.size() >= st.ingest->cfg.max_pending_batches) {
-    // Redis is behind: stop collecting so memory stays bounded.
+    // Redis is behind: the journal takes the excess; when it is full too,
+    // stop collecting so memory stays bounded (the shards fill and ingest
+    // pushes back).
     if (!st.in_backoff)
       write_pending(self);
-    after_cycle(self);
-    return;
+    else
+      spill(self, std::to_string(st.pending.size()) + " batches wait for redis (max_pending_batches)");
+    if (st.pending.size() >= st.ingest->cfg.max_pending_batches) {
+      after_cycle(self);
+      return;
+    }
   }
   st.collecting = true;
   st.need_final_cycle = false;
@@ -293,19 +483,23 @@ void start_cycle(writer_actor* self) {
 }
 
 caf::behavior buffer_writer(writer_actor* self, ingest_state* ingest, std::vector<caf::actor> aggs,
-                            std::string instance) {
+                            std::string instance, const redis_fleet* fleet, caf::actor retention,
+                            std::shared_ptr<journal_set> journals) {
   auto& st = self->state;
   st.ingest = ingest;
   st.aggregators = std::move(aggs);
   st.instance = std::move(instance);
-  st.batches_key = key_prefix(ingest->cfg.ns) + ":batches";
-  st.marker_prefix = key_prefix(ingest->cfg.ns) + ":written:";
+  st.keys.emplace(ingest->cfg.ns);
+  st.fleet = fleet;
+  st.redis = redis_link(*fleet, "buffer_writer", ingest->cfg.redis_timeout);
+  st.retention = std::move(retention);
+  st.journals = std::move(journals);
+  st.retry = backoff(ingest->cfg.retry_backoff_min, ingest->cfg.retry_backoff_max);
+  update_journal_counters(st);
+  self->send(fleet->failover(), subscribe_atom::value);
   // Sequence numbers start at boot time << 20 so that a restarted instance
   // with the same id never reuses an id the dedup table already holds.
   st.next_seq = static_cast<uint64_t>(now_ms()) << 20;
-  for (auto& url : ingest->cfg.redis_urls)
-    if (auto ep = adapters::parse_redis_url(url))
-      st.endpoints.push_back(*ep);
   schedule(self, ingest->cfg.buffer_interval);
   return {
     [=](cycle_atom, uint64_t gen) {
@@ -331,6 +525,13 @@ caf::behavior buffer_writer(writer_actor* self, ingest_state* ingest, std::vecto
       if (!self->state.collecting && !self->state.in_backoff)
         schedule(self, milliseconds{0});
     },
+    [=](active_atom, uint64_t) {
+      // A database became active (again, or another one): write what waits
+      // now instead of sleeping out the backoff.
+      auto& s = self->state;
+      if (s.in_backoff && s.fleet->view()->active >= 0)
+        self->send(self, retry_atom::value, ++s.retry_generation);
+    },
     [=](drain_atom, int64_t deadline_ms) -> caf::result<bool> {
       auto& s = self->state;
       s.draining = true;
@@ -346,18 +547,11 @@ caf::behavior buffer_writer(writer_actor* self, ingest_state* ingest, std::vecto
 
 } // namespace
 
-const char* const stage1_push_script =
-  "if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[2]) then "
-  "redis.call('LPUSH', KEYS[1], ARGV[1]) return 1 end return 0";
-const char* const stage1_marker_ttl_ms = "86400000";
-
-std::string key_prefix(const std::string& ns) {
-  return "{tally:" + ns + "}";
-}
-
-caf::actor spawn_buffer_writer(caf::actor_system& sys, ingest_state& state,
-                               std::vector<caf::actor> aggregators, std::string instance_id) {
-  return sys.spawn<caf::detached>(buffer_writer, &state, std::move(aggregators), std::move(instance_id));
+caf::actor spawn_buffer_writer(caf::actor_system& sys, ingest_state& state, std::vector<caf::actor> aggregators,
+                               std::string instance_id, const redis_fleet& fleet, caf::actor retention,
+                               std::shared_ptr<journal_set> journals) {
+  return sys.spawn<caf::detached>(buffer_writer, &state, std::move(aggregators), std::move(instance_id), &fleet,
+                                  std::move(retention), std::move(journals));
 }
 
 } // namespace tally

@@ -1,16 +1,20 @@
-// actors/flush_context.hpp — what the stage-2 actors (flush supervisor,
-// lease, flusher, registry) share, and the messages between them.
+// actors/flush_context.hpp — what the actors around Redis and Postgres
+// (registry and retention on every instance; flush supervisor, lease and
+// flusher where there is a Postgres) share, and the messages between them.
 //
-// The context is built once by the flush supervisor and handed to every
-// child at spawn (configuration flows down). Besides settings it holds one
-// piece of shared memory: the moment until which the Redis lease is known to
-// be ours. The lease actor writes it on every renewal; the flusher reads it
+// The context is built once by the runtime and handed to every actor at
+// spawn (configuration flows down): settings, this instance's identity, the
+// keyspace, the Redis fleet to follow. Besides those it holds one piece of
+// shared memory: the moment until which the Redis lease is known to be
+// ours. The lease actor writes it on every renewal; the flusher reads it
 // between the statements of a flush, so a lost lease rolls an open
 // transaction back at once instead of after a message round trip. The
 // Postgres fence (epoch), not this value, is what makes flushing correct.
 #pragma once
 
 #include "actors/ingest.hpp"
+#include "actors/redis_fleet.hpp"
+#include "adapters/redis_keyspace.hpp"
 #include "tally/tally.hpp"
 
 #include <caf/atom.hpp>
@@ -50,19 +54,20 @@ inline int64_t wall_ms() noexcept {
 }
 
 struct flush_context {
-  flush_context(const config& c, std::string instance_id, pipeline_counters& pc)
-    : cfg(c), instance(std::move(instance_id)), counters(&pc), prefix("{tally:" + c.ns + "}") {}
+  flush_context(const config& c, std::string instance_id, ingest_state& in, const redis_fleet& f)
+    : cfg(c), instance(std::move(instance_id)), counters(&in.counters), ingest(&in), fleet(&f), keys(c.ns),
+      started_ms(wall_ms()) {}
 
   const config cfg;
   const std::string instance;
   pipeline_counters* const counters;
-  const std::string prefix;  // {tally:<ns>}
+  const ingest_state* const ingest;  // for the registry's event counts
+  const redis_fleet* const fleet;    // which Redis database is active
+  const adapters::redis_keyspace keys;
+  const int64_t started_ms;          // wall clock, for the registry
 
   /// Steady-clock ms until which the lease is ours; 0 when not held.
   std::atomic<int64_t> lease_valid_until{0};
-
-  std::string key(const std::string& suffix) const { return prefix + ":" + suffix; }
-  std::string inflight_key(const std::string& id) const { return key("inflight:" + id); }
 
   /// A renewal sent at t is good until t + lease_ttl by Redis' clock; the
   /// margin covers clock rate differences and the time a flush statement

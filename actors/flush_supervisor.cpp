@@ -3,8 +3,7 @@
 
 #include "actors/flusher.hpp"
 #include "actors/lease.hpp"
-#include "actors/registry.hpp"
-#include "actors/retention.hpp"
+#include "core/backoff.hpp"
 #include "core/log.hpp"
 
 #include <caf/all.hpp>
@@ -17,14 +16,15 @@ namespace {
 
 using namespace std::chrono;
 
-enum child : int { lease_child = 0, flusher_child = 1, registry_child = 2, retention_child = 3, child_count = 4 };
-constexpr const char* child_names[child_count] = {"lease", "flusher", "registry", "retention"};
+enum child : int { lease_child = 0, flusher_child = 1, child_count = 2 };
+constexpr const char* child_names[child_count] = {"lease", "flusher"};
 
 struct supervisor_state {
   static inline const char* name = "flush_supervisor";
   flush_context_ptr ctx;
   std::array<caf::actor, child_count> children;
-  std::array<int, child_count> restarts{};
+  // Restart delays per child: 100 ms doubling to 5 s, reset after a quiet minute.
+  std::vector<backoff> restart_delay{child_count, backoff(milliseconds(100), milliseconds(5000))};
   std::array<int64_t, child_count> last_crash{};
   bool leading = false;
   uint64_t epoch = 0;
@@ -43,12 +43,6 @@ void start_child(supervisor_actor* self, int which) {
       st.children[which] = spawn_flusher(self, st.ctx);
       if (st.leading)
         self->send(st.children[which], lead_atom::value, st.epoch);
-      break;
-    case registry_child:
-      st.children[which] = spawn_registry(self, st.ctx);
-      break;
-    case retention_child:
-      st.children[which] = spawn_retention(self, st.ctx);
       break;
   }
 }
@@ -80,28 +74,20 @@ void finish_stop(supervisor_actor* self, caf::response_promise rp, bool ok) {
   self->quit(caf::exit_reason::user_shutdown);
 }
 
-// Steps 2-4 of the stop sequence (header); each step runs even if an earlier
+// Steps 2-3 of the stop sequence (header); each step runs even if an earlier
 // one failed, so the lease is released whatever the flusher reports.
 void stop_children(supervisor_actor* self, caf::response_promise rp, int64_t deadline) {
   auto& st = self->state;
   auto budget = milliseconds(std::max<int64_t>(deadline - wall_ms(), 0)) + seconds(5);
   auto release_and_deregister = [=](bool drained) {
     auto& s = self->state;
-    auto deregister = [=](bool) {
-      auto& s2 = self->state;
-      if (!s2.children[registry_child])
-        return finish_stop(self, rp, drained);
-      self->request(s2.children[registry_child], seconds(5), fstop_atom::value)
-        .then([=](bool) { finish_stop(self, rp, drained); },
-              [=](caf::error&) { finish_stop(self, rp, drained); });
-    };
     if (!s.children[lease_child])
-      return deregister(false);
+      return finish_stop(self, rp, drained);
     self->request(s.children[lease_child], seconds(5), release_atom::value)
-      .then([=](bool ok) { deregister(ok); },
+      .then([=](bool) { finish_stop(self, rp, drained); },
             [=](caf::error& err) {
               TALLY_WARN("flush_supervisor", "lease release failed: " << caf::to_string(err));
-              deregister(false);
+              finish_stop(self, rp, drained);
             });
   };
   if (!st.children[flusher_child])
@@ -135,9 +121,9 @@ caf::behavior flush_supervisor(supervisor_actor* self, flush_context_ptr ctx) {
       return;
     int64_t now = steady_ms();
     if (now - s.last_crash[which] > 60000)
-      s.restarts[which] = 0;
+      s.restart_delay[which].reset();
     s.last_crash[which] = now;
-    auto delay = std::min(milliseconds(100) * (1 << std::min(s.restarts[which]++, 6)), milliseconds(5000));
+    auto delay = s.restart_delay[which].next();
     TALLY_ERROR("flush_supervisor", child_names[which] << " actor died (" << caf::to_string(msg.reason)
                                                        << "); restarting it in " << delay.count() << " ms");
     self->delayed_send(self, delay, restart_atom::value, which);
@@ -214,8 +200,7 @@ caf::behavior flush_supervisor(supervisor_actor* self, flush_context_ptr ctx) {
 
 } // namespace
 
-caf::actor spawn_flush_supervisor(caf::actor_system& sys, ingest_state& state, std::string instance_id) {
-  auto ctx = std::make_shared<flush_context>(state.cfg, std::move(instance_id), state.counters);
+caf::actor spawn_flush_supervisor(caf::actor_system& sys, flush_context_ptr ctx) {
   return sys.spawn(flush_supervisor, std::move(ctx));
 }
 

@@ -1,14 +1,13 @@
-// actors/flush_supervisor.hpp — stage 2's root: owns the lease, the flusher
-// and the registry heartbeat, and restarts them.
+// actors/flush_supervisor.hpp — stage 2's root: owns the lease and the
+// flusher, and restarts them.
 //
-// Concept: one flush supervisor per instance with a Postgres URL. Its four
+// Concept: one flush supervisor per instance with a Postgres URL. Its two
 // children each own their blocking connections in a detached actor:
 //   lease     (lease.hpp)     takes / renews / releases the Redis lease and
 //                             the Postgres fencing epoch;
-//   flusher   (flusher.hpp)   moves, decodes and applies batches while leading;
-//   registry  (registry.hpp)  heartbeats this instance into Redis;
-//   retention (retention.hpp) keeps written batches until applied, re-pushes
-//                             those Redis lost (fed by the stage-1 writer).
+//   flusher   (flusher.hpp)   moves, decodes and applies batches while leading.
+// (The registry and producer retention run on every instance, flushing or
+// not; the runtime spawns them.)
 // The supervisor turns lease news into lead/follow orders for the flusher,
 // and a fence refusal into a lease drop. Children are linked; a child that
 // dies (anything but a normal exit) is respawned after a backoff (100 ms
@@ -21,8 +20,8 @@
 //        stop still flushes what the fleet left in Redis;
 //     2. the flusher finishes (drains while leading, or rolls back), returns
 //        its inflight list, and stops cycling;
-//     3. the lease is released by compare-and-delete;
-//     4. the registry entry is deleted; the answer is sent; the supervisor exits.
+//     3. the lease is released by compare-and-delete; the answer is sent; the
+//        supervisor exits.
 // Any other exit request ends it (and its linked children) at once.
 #pragma once
 
@@ -35,7 +34,7 @@
 
 namespace tally {
 
-/// Spawns the flush supervisor for `state.cfg` (postgres_url must be set).
-caf::actor spawn_flush_supervisor(caf::actor_system& sys, ingest_state& state, std::string instance_id);
+/// Spawns the flush supervisor (ctx->cfg.postgres_url must be set).
+caf::actor spawn_flush_supervisor(caf::actor_system& sys, flush_context_ptr ctx);
 
 } // namespace tally

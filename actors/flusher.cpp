@@ -3,12 +3,14 @@
 
 #include "actors/stage2_io.hpp"
 #include "adapters/batch_codec.hpp"
+#include "core/backoff.hpp"
 #include "adapters/flush_sql.hpp"
 #include "core/failpoint.hpp"
 #include "core/log.hpp"
 
 #include <caf/all.hpp>
 
+#include <map>
 #include <thread>
 #include <unordered_set>
 
@@ -24,32 +26,10 @@ using namespace std::chrono;
 // flush that times out halves the chunk (down to one batch); successes grow
 // it back.
 constexpr int max_chunk_batches = 64;
-constexpr const char* chunk_bytes = "33554432";
-
-// KEYS[1] batches, KEYS[2] own inflight; ARGV[1] max batches in flight,
-// ARGV[2] max bytes to move. Oldest first (writers LPUSH, we take the right
-// end, and push onto our list's left: its right end stays the oldest).
-// Returns {moved, batches left}.
-constexpr const char* move_script =
-  "local have = redis.call('LLEN', KEYS[2]) local moved, bytes = 0, 0 "
-  "while have + moved < tonumber(ARGV[1]) and bytes < tonumber(ARGV[2]) do "
-  "local v = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT') "
-  "if not v then break end moved = moved + 1 bytes = bytes + string.len(v) end "
-  "return {moved, redis.call('LLEN', KEYS[1])}";
-// KEYS[1] own inflight, KEYS[2] deadletter; ARGV[1] the encoded batch.
-constexpr const char* deadletter_script =
-  "if redis.call('LREM', KEYS[1], 1, ARGV[1]) > 0 then redis.call('LPUSH', KEYS[2], ARGV[1]) return 1 end return 0";
-// KEYS[1] an inflight list, KEYS[2] batches: move everything back, oldest
-// ending up where the next cycle takes first. Returns how many.
-constexpr const char* return_script =
-  "local n = 0 while redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT') do n = n + 1 end return n";
-// KEYS[1] instance heartbeat key, KEYS[2] its inflight, KEYS[3] batches,
-// KEYS[4] instances set; ARGV[1] its id. -1 when it is alive; else returns
-// its inflight to batches, forgets it, and says how many batches moved.
-constexpr const char* orphan_script =
-  "if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end local n = 0 "
-  "while redis.call('LMOVE', KEYS[2], KEYS[3], 'LEFT', 'RIGHT') do n = n + 1 end "
-  "redis.call('SREM', KEYS[4], ARGV[1]) return n";
+constexpr uint64_t chunk_bytes = 32u << 20;
+// Producers learn from these sets that their batches were applied; a day
+// outlives any producer's retention window.
+constexpr milliseconds applied_marker_ttl = hours(24);
 
 enum class cycle_result {
   drained,  // nothing left in `batches` or in flight
@@ -58,20 +38,30 @@ enum class cycle_result {
   not_leading,
 };
 
+/// A database the flusher takes batches from: the active one (through the
+/// link, which follows switches) or another configured one, drained so that
+/// nothing written before a switch is stranded there.
+struct source {
+  uint32_t db = 0;
+  std::string display;
+  std::optional<adapters::redis_client> client;  // other databases only
+  bool registered = false;      // our id is in that database's instances set
+  int64_t next_orphan_scan = 0;
+  int64_t next_visit = 0;       // other databases: when to look again
+};
+
 struct flusher_state {
   static inline const char* name = "flusher";
   flush_context_ptr ctx;
   caf::actor supervisor;
-  redis_link redis;
+  redis_link redis;  // the active database
   pg_link pg;
-  std::string batches_key, inflight_key, deadletter_key, channel;
+  std::map<uint32_t, source> sources;  // by database id; the active one has no own client
 
   bool leading = false;
   uint64_t epoch = 0;
   bool stopped = false;
   bool return_pending = true;  // own inflight may hold batches to hand back
-  bool registered = false;     // own id is in the instances set
-  int64_t next_orphan_scan = 0;
   int64_t next_prune = 0;
   uint64_t timer_generation = 0;
   int chunk = max_chunk_batches;  // batches per transaction, adaptive
@@ -80,46 +70,76 @@ struct flusher_state {
   backoff retry{milliseconds(50), milliseconds(2000)};
 };
 
+/// The client of `src` and a way to pass results through it: the active
+/// database goes through the link (reconnects, failure detector), another
+/// one through its own client.
+struct source_io {
+  flusher_state& st;
+  source& src;
+  bool active;
+
+  adapters::redis_client& client() { return active ? *st.redis.client : *src.client; }
+  template <class R>
+  R check(R r) {
+    if (active)
+      return st.redis.check(std::move(r));
+    bool transport_ok = r.ok() || r.error().code == static_cast<int>(adapters::redis_errc::reply_error);
+    if (!transport_ok)
+      src.client.reset();
+    st.ctx->fleet->report(src.db, transport_ok);
+    return r;
+  }
+};
+
 using flusher_actor = caf::stateful_actor<flusher_state, caf::event_based_actor>;
 
 void schedule(flusher_actor* self, milliseconds delay) {
   self->delayed_send(self, delay, fcycle_atom::value, ++self->state.timer_generation);
 }
 
-/// Hands the own inflight list back to `batches` (not leading: another
-/// leader must be able to apply it). Safe at any time: an item is either
-/// already applied (then skipped as duplicate) or not.
+/// Hands the own inflight lists back to `batches` (not leading: another
+/// leader must be able to apply them). Safe at any time: an item is either
+/// already applied (then skipped as duplicate) or not. The active
+/// database's list must go back; those in other databases are returned on a
+/// best-effort basis (a leader's orphan scan finds them otherwise).
 bool return_own_inflight(flusher_actor* self) {
   auto& st = self->state;
-  if (!st.redis.ensure(*st.ctx, "flusher"))
+  for (auto& [db, src] : st.sources) {
+    if (!src.client)
+      continue;
+    auto r = st.ctx->keys.return_inflight(*src.client, st.ctx->instance);
+    if (!r)
+      src.client.reset();
+    else if (*r > 0)
+      TALLY_INFO("flusher", "returned " << *r << " inflight batches to the batches list of " << src.display);
+  }
+  if (!st.redis.ensure())
     return false;
-  auto r = st.redis.run({"EVAL", return_script, "2", st.inflight_key, st.batches_key});
+  auto r = st.redis.check(st.ctx->keys.return_inflight(*st.redis.client, st.ctx->instance));
   if (!r) {
     TALLY_WARN("flusher", "cannot return the inflight list to batches: " << r.error().message);
     return false;
   }
-  if (r->integer > 0)
-    TALLY_INFO("flusher", "returned " << r->integer << " inflight batches to the batches list");
+  if (*r > 0)
+    TALLY_INFO("flusher", "returned " << *r << " inflight batches to the batches list");
   st.return_pending = false;
   return true;
 }
 
-void recover_orphans(flusher_actor* self) {
-  auto& st = self->state;
-  auto members = st.redis.run({"SMEMBERS", st.ctx->key("instances")});
-  if (!members)
-    return;
-  for (const auto& m : members->elements) {
-    if (m.str == st.ctx->instance)
-      continue;
-    auto r = st.redis.run({"EVAL", orphan_script, "4", st.ctx->key("instance:" + m.str),
-                           st.ctx->inflight_key(m.str), st.batches_key, st.ctx->key("instances"), m.str});
-    if (!r)
-      return;
-    if (r->integer > 0)
-      TALLY_INFO("flusher", "instance " << m.str << " is gone: returned its " << r->integer
-                                        << " inflight batches to the batches list");
+/// False when the scan lost the connection: io.check() then dropped the
+/// client, and nothing more may be sent through `io` this cycle.
+bool recover_orphans(source_io& io) {
+  auto orphans = io.check(io.st.ctx->keys.return_orphans(io.client(), io.st.ctx->instance));
+  if (!orphans) {
+    TALLY_WARN("flusher", "scanning " << io.src.display << " for orphaned inflight lists failed: "
+                                      << orphans.error().message);
+    return orphans.error().code == static_cast<int>(adapters::redis_errc::reply_error);
   }
+  for (const auto& o : *orphans)
+    if (o.batches > 0)
+      TALLY_INFO("flusher", "instance " << o.instance << " is gone: returned its " << o.batches
+                                        << " inflight batches to the batches list of " << io.src.display);
+  return true;
 }
 
 void prune(flusher_actor* self) {
@@ -147,7 +167,9 @@ void stop_leading(flusher_actor* self) {
   return_own_inflight(self);
 }
 
-cycle_result run_cycle(flusher_actor* self) {
+/// One flush cycle on one source database: orphans, claim, decode, one
+/// Postgres transaction, ack.
+cycle_result run_cycle(flusher_actor* self, source_io& io) {
   auto& st = self->state;
   auto& cfg = st.ctx->cfg;
   auto* counters = st.ctx->counters;
@@ -155,71 +177,69 @@ cycle_result run_cycle(flusher_actor* self) {
     return cycle_result::not_leading;
   if (!st.ctx->lease_valid())
     return cycle_result::failed;  // the lease actor is about to report
-  if (!st.redis.ensure(*st.ctx, "flusher"))
-    return cycle_result::failed;
   std::string why;
   if (!st.pg.ensure(*st.ctx, "flusher", why))
     return cycle_result::failed;
-  if (!st.registered) {
+  if (!io.src.registered) {
     // Before anything is in our inflight list, make it findable if we die.
-    if (!st.redis.run({"SADD", st.ctx->key("instances"), st.ctx->instance}))
+    if (!io.check(st.ctx->keys.register_instance(io.client(), st.ctx->instance)))
       return cycle_result::failed;
-    st.registered = true;
+    io.src.registered = true;
   }
   int64_t now = steady_ms();
-  if (now >= st.next_orphan_scan) {
-    recover_orphans(self);
-    st.next_orphan_scan = now + cfg.lease_ttl.count() / 2;
+  if (now >= io.src.next_orphan_scan) {
+    if (!recover_orphans(io))
+      return cycle_result::failed;
+    io.src.next_orphan_scan = now + cfg.lease_ttl.count() / 2;
   }
   if (now >= st.next_prune) {
     prune(self);
     st.next_prune = now + duration_cast<milliseconds>(hours(1)).count();
   }
 
-  auto moved = st.redis.run(
-    {"EVAL", move_script, "2", st.batches_key, st.inflight_key, std::to_string(st.chunk), chunk_bytes});
-  if (!moved || moved->elements.size() != 2) {
-    TALLY_WARN("flusher", "moving batches to inflight failed: " << (moved ? "bad reply" : moved.error().message));
+  auto moved = io.check(st.ctx->keys.claim_chunk(io.client(), st.ctx->instance, st.chunk, chunk_bytes));
+  if (!moved) {
+    TALLY_WARN("flusher", "moving batches to inflight failed: " << moved.error().message);
     return cycle_result::failed;
   }
-  long long left = moved->elements[1].integer;
+  long long left = moved->left;
   // The oldest `chunk` of the inflight list (only we push to it, at the left).
   const long long window = st.chunk;
-  auto items = st.redis.run({"LRANGE", st.inflight_key, std::to_string(-window), "-1"});
+  auto items = io.check(st.ctx->keys.read_inflight(io.client(), st.ctx->instance, window));
   if (!items) {
     TALLY_WARN("flusher", "reading the inflight list failed: " << items.error().message);
     return cycle_result::failed;
   }
-  if (items->elements.empty())
+  if (items->empty())
     return left > 0 ? cycle_result::more : cycle_result::drained;
   TALLY_FAILPOINT("flush_after_move");  // batches in flight, no transaction yet
 
   std::vector<adapters::batch> decoded;
-  decoded.reserve(items->elements.size());
+  decoded.reserve(items->size());
   std::unordered_set<std::string> seen;
   size_t dead = 0;
-  for (const auto& item : items->elements) {
-    auto b = adapters::decode_batch(item.str);
+  for (const auto& item : *items) {
+    auto b = adapters::decode_batch(item);
     std::string bad = !b ? std::string("decode: ") + adapters::to_string(static_cast<adapters::codec_errc>(b.error().code))
                              + " (" + b.error().message + ")"
                          : adapters::check_batch_shape(*b);
     if (!bad.empty()) {
-      auto r = st.redis.run({"EVAL", deadletter_script, "2", st.inflight_key, st.deadletter_key, item.str});
+      auto r = io.check(st.ctx->keys.dead_letter(io.client(), st.ctx->instance, item));
       if (!r) {
         TALLY_WARN("flusher", "moving a bad batch to the dead-letter list failed: " << r.error().message);
         return cycle_result::failed;
       }
       counters->dead_lettered.fetch_add(1);
       ++dead;
-      TALLY_ERROR("flusher", "batch of " << item.str.size() << " bytes" << (b ? " (id " + b->id + ")" : std::string())
-                                         << " moved to " << st.deadletter_key << ": " << bad);
+      TALLY_ERROR("flusher", "batch of " << item.size() << " bytes" << (b ? " (id " + b->id + ")" : std::string())
+                                         << " moved to " << st.ctx->keys.deadletter() << ": " << bad);
       continue;
     }
     if (seen.insert(b->id).second)
       decoded.push_back(std::move(*b));
   }
   // What this transaction covers: the rightmost `taken` items of the list.
-  const size_t taken = items->elements.size() - dead;
+  const size_t taken = items->size() - dead;
   if (decoded.empty())
     return cycle_result::more;  // all dead-lettered: look again at once
 
@@ -297,15 +317,97 @@ cycle_result run_cycle(flusher_actor* self) {
   // Committed: drop exactly the items this transaction covered (the right
   // end; LTRIM of everything deletes the key). If this fails the next cycle
   // finds the same batches already applied and skips them.
-  auto del = st.redis.run({"LTRIM", st.inflight_key, "0", std::to_string(-static_cast<long long>(taken) - 1)});
+  auto del = io.check(st.ctx->keys.ack_chunk(io.client(), st.ctx->instance, taken));
   if (!del) {
     TALLY_WARN("flusher", "deleting the applied inflight list failed: " << del.error().message);
     return cycle_result::failed;
   }
-  if (out->batches_new > 0)
-    (void)st.redis.run({"PUBLISH", st.channel, summary(*out, st.epoch)});
-  bool inflight_left = static_cast<long long>(items->elements.size()) == window;  // may hold more
+  // Producers look for their applied ids and for invalidations in the
+  // active database, whichever database the batches came from. Both are
+  // best effort: a lost marker costs a re-push the dedup table skips.
+  if (st.redis.ensure()) {
+    std::vector<std::string> ids;
+    ids.reserve(decoded.size());
+    for (const auto& b : decoded)
+      ids.push_back(b.id);
+    auto marked = st.redis.check(st.ctx->keys.mark_applied(*st.redis.client, ids, applied_marker_ttl));
+    if (!marked)
+      TALLY_WARN("flusher", "telling producers what was applied failed: " << marked.error().message);
+    // A failed command may have dropped the connection: look before using it.
+    if (out->batches_new > 0 && st.redis.client)
+      (void)st.redis.check(st.ctx->keys.publish_invalidation(*st.redis.client, summary(*out, st.epoch)));
+  }
+  bool inflight_left = static_cast<long long>(items->size()) == window;  // may hold more
   return left > 0 || inflight_left ? cycle_result::more : cycle_result::drained;
+}
+
+/// A cycle on the active database.
+cycle_result active_cycle(flusher_actor* self) {
+  auto& st = self->state;
+  if (!st.leading)
+    return cycle_result::not_leading;
+  if (!st.redis.ensure())
+    return cycle_result::failed;
+  auto& src = st.sources[*st.redis.db()];
+  src.db = *st.redis.db();
+  src.display = st.redis.db_display();
+  src.client.reset();  // the link is its connection now
+  source_io io{st, src, true};
+  return run_cycle(self, io);
+}
+
+/// Cycles on every other configured database that may be reachable (its
+/// circuit is not open), so batches and inflight lists written there before
+/// a switch are applied. A database that held nothing is looked at again
+/// after lease_ttl/2; one that held batches at once. Returns more when any
+/// had batches.
+cycle_result drain_others(flusher_actor* self) {
+  auto& st = self->state;
+  auto view = st.ctx->fleet->view();
+  auto active = view->active_db_id();
+  int64_t now = steady_ms();
+  bool more = false;
+  for (auto it = st.sources.begin(); it != st.sources.end();)
+    it = view->find(it->first) ? std::next(it) : st.sources.erase(it);  // removed databases
+  for (const auto& db : view->dbs) {
+    if (active && db.id == *active)
+      continue;
+    auto& src = st.sources[db.id];
+    src.db = db.id;
+    src.display = db.spec.display;
+    if (db.state == circuit_state::open || !db.endpoint || now < src.next_visit) {
+      if (db.state == circuit_state::open)
+        src.client.reset();
+      continue;
+    }
+    if (!src.client || !src.client->connected()) {
+      auto c = adapters::redis_client::connect(*db.endpoint, st.ctx->cfg.redis_timeout);
+      if (!c) {
+        src.next_visit = now + st.ctx->cfg.lease_ttl.count() / 2;
+        continue;
+      }
+      src.client.emplace(std::move(*c));
+      src.registered = false;
+    }
+    source_io io{st, src, false};
+    auto r = run_cycle(self, io);
+    if (r == cycle_result::not_leading)
+      return r;
+    if (r == cycle_result::more) {
+      more = true;
+    } else {
+      src.next_visit = now + st.ctx->cfg.lease_ttl.count() / 2;
+    }
+  }
+  return more ? cycle_result::more : cycle_result::drained;
+}
+
+/// The active database first; when it is drained, the others.
+cycle_result full_cycle(flusher_actor* self) {
+  auto r = active_cycle(self);
+  if (r != cycle_result::drained)
+    return r;
+  return drain_others(self);
 }
 
 /// Runs a cycle and arms the timer for the next one.
@@ -318,7 +420,7 @@ void cycle(flusher_actor* self) {
       schedule(self, st.retry.next());
     return;
   }
-  switch (run_cycle(self)) {
+  switch (full_cycle(self)) {
     case cycle_result::more:
       st.retry.reset();
       schedule(self, milliseconds(0));
@@ -343,7 +445,7 @@ bool final_drain(flusher_actor* self, int64_t deadline) {
   while (st.leading && wall_ms() < deadline) {
     if (st.ctx->lease_valid_until.load(std::memory_order_acquire) == 0)
       break;  // the lease is gone: another instance drains
-    auto r = run_cycle(self);
+    auto r = full_cycle(self);
     if (r == cycle_result::drained)
       break;
     if (r == cycle_result::failed) {
@@ -363,10 +465,7 @@ caf::behavior flusher_behavior(flusher_actor* self, flush_context_ptr ctx, caf::
   auto& st = self->state;
   st.ctx = std::move(ctx);
   st.supervisor = std::move(supervisor);
-  st.batches_key = st.ctx->key("batches");
-  st.inflight_key = st.ctx->inflight_key(st.ctx->instance);
-  st.deadletter_key = st.ctx->key("deadletter");
-  st.channel = st.ctx->key("invalidate");
+  st.redis = redis_link(*st.ctx->fleet, "flusher", st.ctx->cfg.redis_timeout);
   st.retry = backoff(milliseconds(50), std::max(milliseconds(200), st.ctx->cfg.retry_backoff_max));
   // A leftover inflight list of an earlier run with this id goes back first.
   self->send(self, fcycle_atom::value, st.timer_generation);
@@ -375,8 +474,11 @@ caf::behavior flusher_behavior(flusher_actor* self, flush_context_ptr ctx, caf::
       auto& s = self->state;
       s.leading = true;
       s.epoch = epoch;
-      s.registered = false;
-      s.next_orphan_scan = 0;
+      for (auto& [db, src] : s.sources) {
+        src.registered = false;
+        src.next_orphan_scan = 0;
+        src.next_visit = 0;
+      }
       s.next_prune = 0;
       s.retry.reset();
       TALLY_INFO("flusher", "flushing as leader, epoch " << epoch);

@@ -13,8 +13,15 @@
 //      or does not match this build's rollups moves atomically to
 //      `{tally:<ns>}:deadletter` (logged, counted);
 //   4. one Postgres transaction (adapters/flush_sql.hpp): fence, dedup, upsert;
-//   5. after COMMIT delete the inflight list, then PUBLISH a summary on
-//      `{tally:<ns>}:invalidate`.
+//   5. after COMMIT delete the inflight list, then, in the active database,
+//      tell the producers which batch ids were applied (their retention
+//      forgets them) and PUBLISH a summary on `{tally:<ns>}:invalidate`.
+//
+// The active database first; when it is drained, every other configured
+// database whose circuit is not open gets the same cycles (its batches and
+// the inflight lists of instances gone from it), so nothing written before
+// a switch is stranded. One with nothing in it is looked at again after
+// lease_ttl/2.
 //
 // Nothing is ever popped and lost: until step 5 every batch sits in a Redis
 // list, and re-applying one after a crash is a no-op (tally_applied_batches).

@@ -169,6 +169,18 @@ void ingest_state::add_counters(stats& out) const noexcept {
   out.dead_lettered += counters.dead_lettered.load();
   out.lease_held += counters.lease_held.load();
   out.epoch += counters.epoch.load();
+  for (int i = 0; i < 5; ++i)
+    out.redis_switches[i] += counters.redis_switches[i].load();
+  out.journal_batches += counters.journal_batches.load();
+  out.journal_bytes += counters.journal_bytes.load();
+  out.journaled += counters.journaled.load();
+  out.replayed += counters.replayed.load();
+  out.journal_truncated += counters.journal_truncated.load();
+  out.journal_full += counters.journal_full.load();
+  out.redis_backlog_batches += counters.redis_backlog_batches.load();
+  out.redis_backlog_known += counters.redis_backlog_known.load();
+  out.retained += counters.retained.load();
+  out.repushed += counters.repushed.load();
   for (int i = 0; i <= stats::flush_buckets; ++i)
     out.flush_duration_count[i] += counters.flush_duration_count[i].load();
   out.flush_duration_ms_sum += counters.flush_duration_ms_sum.load();

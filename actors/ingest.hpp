@@ -90,6 +90,17 @@ struct pipeline_counters {
   std::atomic<uint64_t> dead_lettered{0};
   std::atomic<uint64_t> lease_held{0};
   std::atomic<uint64_t> epoch{0};
+  std::atomic<uint64_t> redis_switches[5] = {};  // by reason, as stats::redis_switches
+  std::atomic<uint64_t> journal_batches{0};
+  std::atomic<uint64_t> journal_bytes{0};
+  std::atomic<uint64_t> journaled{0};
+  std::atomic<uint64_t> replayed{0};
+  std::atomic<uint64_t> journal_truncated{0};
+  std::atomic<uint64_t> journal_full{0};
+  std::atomic<uint64_t> redis_backlog_batches{0};
+  std::atomic<uint64_t> redis_backlog_known{0};
+  std::atomic<uint64_t> retained{0};
+  std::atomic<uint64_t> repushed{0};
   std::atomic<uint64_t> flush_duration_count[stats::flush_buckets + 1] = {};
   std::atomic<uint64_t> flush_duration_ms_sum{0};
 

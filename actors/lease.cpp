@@ -9,6 +9,7 @@
 #include <caf/all.hpp>
 
 #include <cstdio>
+#include <random>
 
 namespace tally {
 
@@ -16,18 +17,10 @@ namespace {
 
 using namespace std::chrono;
 
-// KEYS[1] lease; ARGV[1] our value, ARGV[2] ttl ms. 1 = renewed, 0 = not ours.
-constexpr const char* renew_script =
-  "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0";
-// KEYS[1] lease; ARGV[1] our value. 1 = deleted, 0 = not ours (left alone).
-constexpr const char* release_script =
-  "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
-
 struct lease_state {
   static inline const char* name = "lease";
   flush_context_ptr ctx;
   caf::actor supervisor;
-  std::string key;
   std::string value;  // <instance>:<nonce> while held or being taken
   bool held = false;
   bool released = false;  // stop path: no more attempts
@@ -71,8 +64,8 @@ bool release(lease_actor* self) {
   st.ctx->lease_valid_until.store(0, std::memory_order_release);
   st.held = false;
   bool done = false;
-  if (!st.value.empty() && st.redis.ensure(*st.ctx, "lease")) {
-    auto r = st.redis.run({"EVAL", release_script, "1", st.key, st.value});
+  if (!st.value.empty() && st.redis.ensure()) {
+    auto r = st.redis.check(st.ctx->keys.release_lease(*st.redis.client, st.value));
     done = r.ok();
     if (!r.ok())
       TALLY_WARN("lease", "release failed (" << r.error().message << "); it expires after lease_ttl");
@@ -88,19 +81,18 @@ bool release(lease_actor* self) {
 bool try_acquire(lease_actor* self) {
   auto& st = self->state;
   auto& cfg = st.ctx->cfg;
-  if (!st.redis.ensure(*st.ctx, "lease"))
+  if (!st.redis.ensure())
     return false;
   char nonce[17];
   std::snprintf(nonce, sizeof nonce, "%016llx", static_cast<unsigned long long>(st.rng()));
   std::string value = st.ctx->instance + ":" + nonce;
   int64_t sent = steady_ms();
-  auto ttl = std::to_string(cfg.lease_ttl.count());
-  auto r = st.redis.run({"SET", st.key, value, "NX", "PX", ttl});
+  auto r = st.redis.check(st.ctx->keys.acquire_lease(*st.redis.client, value, cfg.lease_ttl));
   if (!r) {
     TALLY_WARN("lease", "lease attempt failed: " << r.error().message);
     return false;
   }
-  if (r->is_nil())
+  if (!*r)
     return false;  // someone else leads
   st.value = value;
   TALLY_FAILPOINT("lease_after_acquire");
@@ -121,8 +113,8 @@ bool try_acquire(lease_actor* self) {
   }
   // The epoch is committed; renew at once so the whole TTL is ahead of us.
   sent = steady_ms();
-  auto renewed = st.redis.run({"EVAL", renew_script, "1", st.key, st.value, ttl});
-  if (!renewed || renewed->integer != 1) {
+  auto renewed = st.redis.check(st.ctx->keys.renew_lease(*st.redis.client, st.value, cfg.lease_ttl));
+  if (!renewed || !*renewed) {
     TALLY_WARN("lease", "lease expired while taking epoch " << *epoch << "; trying again later");
     release(self);
     return false;
@@ -139,9 +131,9 @@ void renew(lease_actor* self) {
   auto& st = self->state;
   int64_t sent = steady_ms();
   std::string failure;
-  if (st.redis.ensure(*st.ctx, "lease")) {
-    auto r = st.redis.run({"EVAL", renew_script, "1", st.key, st.value, std::to_string(st.ctx->cfg.lease_ttl.count())});
-    if (r && r->integer == 1) {
+  if (st.redis.ensure()) {
+    auto r = st.redis.check(st.ctx->keys.renew_lease(*st.redis.client, st.value, st.ctx->cfg.lease_ttl));
+    if (r && *r) {
       st.ctx->lease_valid_until.store(sent + st.ctx->cfg.lease_ttl.count(), std::memory_order_release);
       return;
     }
@@ -180,7 +172,8 @@ caf::behavior lease_behavior(lease_actor* self, flush_context_ptr ctx, caf::acto
   auto& st = self->state;
   st.ctx = std::move(ctx);
   st.supervisor = std::move(supervisor);
-  st.key = st.ctx->key("lease");
+  st.redis = redis_link(*st.ctx->fleet, "lease", st.ctx->cfg.redis_timeout);
+  self->send(st.ctx->fleet->failover(), subscribe_atom::value);
   self->send(self, renew_atom::value, st.timer_generation);
   return {
     [=](renew_atom, uint64_t gen) {
@@ -198,6 +191,24 @@ caf::behavior lease_behavior(lease_actor* self, flush_context_ptr ctx, caf::acto
       s.released = true;
       ++s.timer_generation;
       return release(self);
+    },
+    [=](active_atom, uint64_t) {
+      // The lease lives in the active database: after a switch it must be
+      // taken there (a new epoch; Postgres fences the old one). Until then
+      // nobody flushes from this instance.
+      auto& s = self->state;
+      if (s.released)
+        return;
+      if (s.held) {
+        if (s.redis.db() == s.ctx->fleet->view()->active_db_id())
+          return;
+        lose(self, "the active redis database changed");
+      } else if (steady_ms() < s.cooldown_until) {
+        return;
+      }
+      // A database became active (at start, or after a switch): try at once
+      // rather than at the next tick, a third of lease_ttl away.
+      try_acquire(self);
     },
     [=](drop_atom) {
       auto& s = self->state;

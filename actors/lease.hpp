@@ -14,8 +14,14 @@
 // expired (minus a margin) is a loss: lease_valid_until is zeroed first
 // (an open flush rolls back at its next step), then the supervisor is told.
 //
+// The lease lives in the active Redis database (redis_fleet.hpp). After a
+// switch it is taken again in the new one, at once: a new epoch, which
+// fences whatever the old one still had in flight.
+//
 // Accepts:
 //   renew_atom, uint64_t generation      timer: acquire or renew
+//   active_atom, uint64_t generation     the active database changed (or one
+//                                        became active): take the lease there
 //   acquire_atom -> uint64_t             try once now (stop path); epoch or 0
 //   release_atom -> bool                 compare-and-delete; no more attempts
 //   drop_atom                            fenced: release, retry after one TTL

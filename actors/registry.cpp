@@ -1,12 +1,15 @@
 // actors/registry.cpp — see registry.hpp.
 #include "actors/registry.hpp"
 
-#include "actors/stage2_io.hpp"
 #include "core/log.hpp"
 
 #include <caf/all.hpp>
 
+#include <unistd.h>
+
 namespace tally {
+
+const char* const tally_version = "0.1.0";
 
 namespace {
 
@@ -14,53 +17,85 @@ struct registry_state {
   static inline const char* name = "registry";
   flush_context_ptr ctx;
   redis_link redis;
+  std::string host;
   uint64_t timer_generation = 0;
   bool stopped = false;
 };
 
 using registry_actor = caf::stateful_actor<registry_state, caf::event_based_actor>;
 
+std::string host_name() {
+  char host[256] = {0};
+  if (gethostname(host, sizeof host - 1) != 0)
+    return "unknown";
+  return host;
+}
+
 void beat(registry_actor* self) {
   auto& st = self->state;
-  if (!st.redis.ensure(*st.ctx, "registry"))
+  if (!st.redis.ensure())
     return;
-  auto r = st.redis.client->pipeline(
-    {{"SET", st.ctx->key("instance:" + st.ctx->instance), std::to_string(wall_ms()), "PX",
-      std::to_string(st.ctx->cfg.lease_ttl.count())},
-     {"SADD", st.ctx->key("instances"), st.ctx->instance}});
+  adapters::instance_record rec;
+  rec.id = st.ctx->instance;
+  rec.host = st.host;
+  rec.pid = static_cast<uint64_t>(getpid());
+  rec.version = tally_version;
+  rec.started_ms = st.ctx->started_ms;
+  rec.heartbeat_ms = wall_ms();
+  rec.role = st.ctx->counters->lease_held.load() != 0 ? "leader"
+             : st.ctx->cfg.postgres_url.empty()      ? "producer"
+                                                     : "flusher";
+  rec.active_db = st.redis.db_display();
+  stats events;
+  st.ctx->ingest->add_counters(events);
+  rec.events_accepted = events.events_accepted;
+  auto r = st.redis.check(st.ctx->keys.heartbeat(*st.redis.client, rec, st.ctx->cfg.lease_ttl));
   if (!r) {
-    st.redis.client.reset();
     TALLY_WARN("registry", "heartbeat failed: " << r.error().message);
+    return;
+  }
+  // The stage-1 backlog for /metrics, read here so a scrape never talks to Redis.
+  if (auto backlog = st.redis.check(st.ctx->keys.backlog(*st.redis.client))) {
+    st.ctx->counters->redis_backlog_batches.store(static_cast<uint64_t>(*backlog));
+    st.ctx->counters->redis_backlog_known.store(1);
   }
 }
 
 caf::behavior registry_behavior(registry_actor* self, flush_context_ptr ctx) {
-  self->state.ctx = std::move(ctx);
+  auto& st = self->state;
+  st.ctx = std::move(ctx);
+  st.redis = redis_link(*st.ctx->fleet, "registry", st.ctx->cfg.redis_timeout);
+  st.host = host_name();
+  self->send(st.ctx->fleet->failover(), subscribe_atom::value);
   self->send(self, beat_atom::value, uint64_t{0});
   return {
     [=](beat_atom, uint64_t gen) {
-      auto& st = self->state;
-      if (gen != st.timer_generation || st.stopped)
+      auto& s = self->state;
+      if (gen != s.timer_generation || s.stopped)
         return;
       beat(self);
-      self->delayed_send(self, st.ctx->cfg.lease_ttl / 3, beat_atom::value, ++st.timer_generation);
+      self->delayed_send(self, s.ctx->cfg.lease_ttl / 3, beat_atom::value, ++s.timer_generation);
+    },
+    [=](active_atom, uint64_t) {
+      // A leader on the new database must see this instance alive at once,
+      // or it would take this instance's inflight list for an orphan's.
+      if (!self->state.stopped)
+        beat(self);
     },
     [=](fstop_atom) -> bool {
-      auto& st = self->state;
-      st.stopped = true;
-      if (!st.redis.ensure(*st.ctx, "registry"))
+      auto& s = self->state;
+      s.stopped = true;
+      if (!s.redis.ensure())
         return false;
-      auto r = st.redis.client->pipeline({{"DEL", st.ctx->key("instance:" + st.ctx->instance)},
-                                          {"SREM", st.ctx->key("instances"), st.ctx->instance}});
-      return r.ok();
+      return s.redis.check(s.ctx->keys.deregister(*s.redis.client, s.ctx->instance)).ok();
     },
   };
 }
 
 } // namespace
 
-caf::actor spawn_registry(caf::event_based_actor* supervisor, flush_context_ptr ctx) {
-  return supervisor->spawn<caf::linked + caf::detached>(registry_behavior, std::move(ctx));
+caf::actor spawn_registry(caf::actor_system& sys, flush_context_ptr ctx) {
+  return sys.spawn<caf::detached>(registry_behavior, std::move(ctx));
 }
 
 } // namespace tally

@@ -1,13 +1,17 @@
 // actors/registry.hpp — heartbeats this instance into Redis.
 //
-// Every lease_ttl/3 it sets `{tally:<ns>}:instance:<id>` (value: wall-clock
-// ms) with PX lease_ttl and adds the id to the set `{tally:<ns>}:instances`.
-// A leader treats an id in the set whose instance key has expired as dead
-// and returns its inflight list to the batches list (flusher.hpp). On stop
-// it deletes its key and leaves the set.
+// Runs on every instance, producer-only ones too. Every lease_ttl/3, and at
+// once after the active database changed, it writes this instance's record
+// `{tally:<ns>}:instance:<id>` (host, pid, version, start time, role,
+// active database, events accepted, heartbeat time) with a TTL of lease_ttl
+// and adds the id to `{tally:<ns>}:instances`. A leader treats an id in the
+// set whose record expired as dead and returns its inflight list to the
+// batches list (flusher.hpp). On stop it deletes its record and leaves the
+// set.
 //
 // Accepts:
 //   beat_atom, uint64_t generation       timer
+//   active_atom, uint64_t generation     the active database changed: beat there now
 //   fstop_atom -> bool                   deregister and stop beating
 #pragma once
 
@@ -17,8 +21,10 @@
 
 namespace tally {
 
-/// Spawns the registry actor (detached: its Redis calls block), linked to
-/// `supervisor`.
-caf::actor spawn_registry(caf::event_based_actor* supervisor, flush_context_ptr ctx);
+/// The version tallyd reports in the registry.
+extern const char* const tally_version;
+
+/// Spawns the registry actor (detached: its Redis calls block).
+caf::actor spawn_registry(caf::actor_system& sys, flush_context_ptr ctx);
 
 } // namespace tally

@@ -523,6 +523,10 @@ private:
       status(b);
       return true;
     }
+    if (equals_upper(name, "TALLY.DB")) {
+      redis_db(b, args);
+      return true;
+    }
     if (equals_upper(name, "ECHO")) {
       if (args.size() == 2)
         put_bulk(b, args[1]);
@@ -916,6 +920,79 @@ private:
     put_bulk(b, text);
   }
 
+  /// TALLY.DB LIST | ADD url [weight] | REMOVE url | WEIGHT url weight |
+  /// PROMOTE url: the Redis databases, managed at runtime. Behind AUTH like
+  /// every command but PING, HELLO and QUIT. The changes are requests to
+  /// the failover actor (a round trip of well under a millisecond; this is
+  /// an operator command, not the ingest path).
+  void redis_db(std::vector<char>& b, const std::vector<string_view>& args) {
+    static constexpr string_view usage =
+      "-ERR syntax: TALLY.DB LIST | ADD url [weight] | REMOVE url | WEIGHT url weight | PROMOTE url\r\n";
+    auto* rt = st_.ctx->rt;
+    auto done = [&](const std::string& err) {
+      if (err.empty()) {
+        put(b, "+OK\r\n");
+        return;
+      }
+      put(b, "-ERR ");
+      put_sanitized(b, err, 512);
+      put(b, "\r\n");
+    };
+    auto weight_of = [&](string_view text, uint32_t& out) {
+      int64_t w = 0;
+      if (!parse_int(text, w) || w < 1 || w > 1000000) {
+        put(b, "-ERR weight must be an integer from 1 to 1000000\r\n");
+        return false;
+      }
+      out = static_cast<uint32_t>(w);
+      return true;
+    };
+    if (args.size() == 2 && equals_upper(args[1], "LIST")) {
+      auto dbs = rt->redis_databases();
+      put_int(b, '*', static_cast<int64_t>(dbs.size()));
+      for (const auto& d : dbs) {
+        put_int(b, '*', 14);
+        put_bulk(b, "url");
+        put_bulk(b, d.url);
+        put_bulk(b, "weight");
+        put_int(b, ':', d.weight);
+        put_bulk(b, "state");
+        put_bulk(b, d.state);
+        put_bulk(b, "active");
+        put_int(b, ':', d.active ? 1 : 0);
+        put_bulk(b, "address");
+        put_bulk(b, d.address);
+        put_bulk(b, "opens");
+        put_int(b, ':', static_cast<int64_t>(d.opens));
+        put_bulk(b, "last_error");
+        put_bulk(b, d.last_error);
+      }
+      return;
+    }
+    if ((args.size() == 3 || args.size() == 4) && equals_upper(args[1], "ADD")) {
+      uint32_t w = 0;
+      if (args.size() == 4 && !weight_of(args[3], w))
+        return;
+      done(rt->add_redis_database(std::string(args[2]), w));
+      return;
+    }
+    if (args.size() == 3 && equals_upper(args[1], "REMOVE")) {
+      done(rt->remove_redis_database(std::string(args[2])));
+      return;
+    }
+    if (args.size() == 4 && equals_upper(args[1], "WEIGHT")) {
+      uint32_t w = 0;
+      if (weight_of(args[3], w))
+        done(rt->set_redis_weight(std::string(args[2]), w));
+      return;
+    }
+    if (args.size() == 3 && equals_upper(args[1], "PROMOTE")) {
+      done(rt->promote_redis_database(std::string(args[2])));
+      return;
+    }
+    put(b, usage);
+  }
+
   /// TALLY.STATUS: the runtime's counters and this server's, "name:value" lines.
   void status(std::vector<char>& b) {
     auto s = st_.ctx->rt->snapshot();
@@ -941,6 +1018,14 @@ private:
     line("dead_lettered", s.dead_lettered);
     line("lease_held", s.lease_held);
     line("epoch", s.epoch);
+    for (int i = 0; i < 5; ++i)
+      line((std::string("redis_switches_") + redis_switch_reasons[i]).c_str(), s.redis_switches[i]);
+    line("journal_batches", s.journal_batches);
+    line("journal_bytes", s.journal_bytes);
+    line("journaled", s.journaled);
+    line("replayed", s.replayed);
+    line("retained", s.retained);
+    line("repushed", s.repushed);
     line("resp_connections", m.connections_current);
     line("resp_commands", m.commands);
     line("resp_protocol_errors", m.protocol_errors);

@@ -3,7 +3,7 @@
 // An acceptor broker on CAF's I/O layer and one broker per connection. Each
 // connection parses every complete command in its read buffer and records
 // the events through the runtime (bulk, no CAF message per event); replies
-// go out in request order. See issue "tallyd" and design §7.
+// go out in request order. See design §7.
 #pragma once
 
 #include "tally/tally.hpp"

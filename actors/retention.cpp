@@ -1,10 +1,6 @@
 // actors/retention.cpp — see retention.hpp.
 #include "actors/retention.hpp"
 
-#include "actors/buffer_writer.hpp"
-
-#include "actors/stage2_io.hpp"
-#include "adapters/pg_schema.hpp"
 #include "core/log.hpp"
 
 #include <caf/all.hpp>
@@ -18,10 +14,9 @@ namespace {
 
 using namespace std::chrono;
 
-constexpr size_t ids_per_query = 5000;
-
 struct retained_batch {
   std::string bytes;
+  uint64_t generation = 0;  // the fleet generation it was last pushed under
   int64_t written = 0;  // steady ms of the first write
   int64_t pushed = 0;   // steady ms of the last (re)push
 };
@@ -34,7 +29,6 @@ struct retention_state {
   size_t bytes = 0;
   uint64_t timer_generation = 0;
   redis_link redis;
-  pg_link pg;
 };
 
 using retention_actor = caf::stateful_actor<retention_state, caf::event_based_actor>;
@@ -45,73 +39,47 @@ void forget(retention_state& st, const std::string& id) {
     return;
   st.bytes -= it->second.bytes.size();
   st.batches.erase(it);
+  st.ctx->counters->retained.store(st.batches.size(), std::memory_order_relaxed);
 }
 
-/// Forgets every retained batch Postgres has applied. False if it could not ask.
-bool forget_applied(retention_actor* self) {
-  auto& st = self->state;
-  std::string why;
-  if (st.batches.empty())
-    return true;
-  if (!st.pg.ensure(*st.ctx, "retention", why))
+/// Forgets every batch a leader reported applied. False if it could not ask.
+bool forget_applied(retention_state& st) {
+  auto applied = st.redis.check(st.ctx->keys.take_applied(*st.redis.client, st.ctx->instance));
+  if (!applied) {
+    TALLY_WARN("retention", "reading applied batch ids failed: " << applied.error().message);
     return false;
-  std::vector<std::string> ids;
-  ids.reserve(std::min(st.batches.size(), ids_per_query));
-  auto ask = [&]() -> bool {
-    auto r = st.pg.client->exec_params("SELECT batch_id FROM "
-                                         + adapters::qualified_table(st.ctx->cfg.pg_schema, "tally_applied_batches")
-                                         + " WHERE batch_id = ANY($1::text[])",
-                                       {adapters::pg_text_array(ids)});
-    ids.clear();
-    if (!r)
-      return false;
-    for (const auto& row : r->rows)
-      forget(st, row[0]);
-    return true;
-  };
-  std::vector<std::string> all;
-  all.reserve(st.batches.size());
-  for (const auto& [id, b] : st.batches)
-    all.push_back(id);
-  for (const auto& id : all) {
-    ids.push_back(id);
-    if (ids.size() == ids_per_query && !ask())
-      return false;
   }
-  return ids.empty() || ask();
+  for (const auto& id : *applied)
+    forget(st, id);
+  return true;
 }
 
-void repush_lost(retention_actor* self) {
-  auto& st = self->state;
-  auto repush_after = st.ctx->cfg.repush_after.count();
-  int64_t now = steady_ms();
-  size_t pushed = 0;
-  for (auto& [id, b] : st.batches) {
-    if (now - b.pushed < repush_after)
-      continue;
-    if (!st.redis.ensure(*st.ctx, "retention"))
-      return;
-    const std::string batches_key = st.ctx->key("batches");
-    const std::string marker = st.ctx->key("written:" + id);
-    result<adapters::redis_reply> r = error_info{};
-    if (now - b.written >= 10 * repush_after) {
-      // Long overdue even though Redis claims to know it: push a copy anyway.
-      r = st.redis.run({"LPUSH", batches_key, b.bytes});
-      if (r)
-        r->integer = 1;
-    } else {
-      r = st.redis.run({"EVAL", stage1_push_script, "2", batches_key, marker, b.bytes, stage1_marker_ttl_ms});
-    }
-    if (!r) {
-      TALLY_WARN("retention", "re-push of " << id << " failed: " << r.error().message);
-      return;
-    }
-    b.pushed = now;
-    if (r->integer == 1)
-      ++pushed;
+/// Pushes `b` again to the active database; true when the push went through
+/// (landed or was already there).
+bool repush(retention_state& st, const std::string& id, retained_batch& b, bool copy, size_t& landed) {
+  status pushed;
+  bool landed_now = false;
+  if (copy) {
+    pushed = st.redis.check(st.ctx->keys.push_batch_copy(*st.redis.client, b.bytes));
+    landed_now = pushed.ok();
+  } else {
+    auto r = st.redis.check(st.ctx->keys.push_batch(*st.redis.client, id, b.bytes));
+    if (r)
+      landed_now = *r;
+    else
+      pushed = r.error();
   }
-  if (pushed > 0)
-    TALLY_WARN("retention", "re-pushed " << pushed << " batches that redis lost before they were applied");
+  if (!pushed) {
+    TALLY_WARN("retention", "re-push of " << id << " failed: " << pushed.error().message);
+    return false;
+  }
+  b.pushed = steady_ms();
+  b.generation = st.redis.generation();
+  if (landed_now) {
+    ++landed;
+    st.ctx->counters->repushed.fetch_add(1, std::memory_order_relaxed);
+  }
+  return true;
 }
 
 void check(retention_actor* self) {
@@ -119,29 +87,46 @@ void check(retention_actor* self) {
   // Compact the age order (ids of forgotten batches linger in it).
   while (!st.order.empty() && st.batches.count(st.order.front()) == 0)
     st.order.pop_front();
-  if (forget_applied(self))
-    repush_lost(self);
+  if (st.batches.empty() || !st.redis.ensure() || !forget_applied(st))
+    return;
+  auto repush_after = st.ctx->cfg.repush_after.count();
+  int64_t now = steady_ms();
+  size_t landed = 0;
+  for (auto& [id, b] : st.batches) {
+    bool elsewhere = b.generation != st.redis.generation();
+    if (!elsewhere && now - b.pushed < repush_after)
+      continue;
+    // A copy, not the idempotent push, when the database changed: its
+    // written-marker may be there from before a switch away and back, while
+    // the leader reported the batch applied in the other database; the copy
+    // gets it applied (as a duplicate) and reported here. Also when long
+    // overdue even though Redis claims to know it.
+    bool copy = elsewhere || now - b.written >= 10 * repush_after;
+    if (!repush(st, id, b, copy, landed))
+      break;
+  }
+  if (landed > 0)
+    TALLY_WARN("retention", "pushed " << landed << " batches again that redis lost or a switched-away database holds");
 }
 
 caf::behavior retention_behavior(retention_actor* self, flush_context_ptr ctx) {
   auto& st = self->state;
   st.ctx = std::move(ctx);
-  auto period = std::min(st.ctx->cfg.repush_after / 3, milliseconds(2000));
+  st.redis = redis_link(*st.ctx->fleet, "retention", st.ctx->cfg.redis_timeout);
+  auto period = std::min(st.ctx->cfg.repush_after / 3, milliseconds(1000));
+  self->send(st.ctx->fleet->failover(), subscribe_atom::value);
   self->send(self, rcheck_atom::value, st.timer_generation);
-  self->attach_functor([sys = &self->system(), me = self->address()] {
-    // Leave the registry only if it still names this actor.
-    if (sys->registry().get(retention_registry_name) == caf::actor_cast<caf::strong_actor_ptr>(me))
-      sys->registry().erase(retention_registry_name);
-  });
   return {
-    [=](retain_atom, std::string& id, std::string& bytes) {
+    [=](retain_atom, std::string& id, std::string& bytes, uint64_t generation) {
       auto& s = self->state;
       int64_t now = steady_ms();
       auto [it, fresh] = s.batches.try_emplace(id);
-      if (!fresh)
+      if (!fresh) {
+        it->second.generation = generation;  // replayed from the journal again: the newest copy is here
         return;
+      }
       s.bytes += bytes.size();
-      it->second = {std::move(bytes), now, now};
+      it->second = {std::move(bytes), generation, now, now};
       s.order.push_back(std::move(id));
       size_t dropped = 0;
       while (s.bytes > retention_max_bytes && !s.order.empty()) {
@@ -149,9 +134,11 @@ caf::behavior retention_behavior(retention_actor* self, flush_context_ptr ctx) {
         s.order.pop_front();
         ++dropped;
       }
+      s.ctx->counters->retained.store(s.batches.size(), std::memory_order_relaxed);
       if (dropped > 0)
         TALLY_WARN("retention", "retention full: forgot the " << dropped
-                                << " oldest unconfirmed batches (no spill journal yet)");
+                                << " oldest unconfirmed batches (they are in redis, but a later loss of that "
+                                   "redis would not be repaired)");
     },
     [=](rcheck_atom, uint64_t gen) {
       auto& s = self->state;
@@ -160,15 +147,18 @@ caf::behavior retention_behavior(retention_actor* self, flush_context_ptr ctx) {
       check(self);
       self->delayed_send(self, period, rcheck_atom::value, ++s.timer_generation);
     },
+    [=](active_atom, uint64_t) {
+      // Re-push now what the new active database may lack; check() does it
+      // for every batch written under another generation.
+      check(self);
+    },
   };
 }
 
 } // namespace
 
-caf::actor spawn_retention(caf::event_based_actor* supervisor, flush_context_ptr ctx) {
-  auto a = supervisor->spawn<caf::linked + caf::detached>(retention_behavior, std::move(ctx));
-  supervisor->system().registry().put(retention_registry_name, a);
-  return a;
+caf::actor spawn_retention(caf::actor_system& sys, flush_context_ptr ctx) {
+  return sys.spawn<caf::detached>(retention_behavior, std::move(ctx));
 }
 
 } // namespace tally

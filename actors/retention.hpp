@@ -1,26 +1,38 @@
 // actors/retention.hpp — producer retention (design §6): this instance keeps
-// every batch it wrote until it sees the batch id in tally_applied_batches,
-// and pushes it again if Redis lost it.
+// every batch it wrote until a leader reports it applied, and pushes again
+// what Redis may have lost.
 //
-// The stage-1 writer hands every batch it wrote over (id and encoded bytes;
-// the writer finds this actor in the actor system's registry under
-// `retention_registry_name`). Every min(repush_after / 3, 2 s) the actor asks
-// Postgres which retained ids are applied and forgets those. A batch not
-// applied within repush_after is pushed again when Redis no longer knows it:
-// its `{tally:<ns>}:written:<id>` marker, set atomically with the original
-// LPUSH, is gone (Redis restarted without persistence, failover to a lagging
-// replica). The re-push uses the writer's idempotent script, so it lands at
-// most once per loss, and the dedup table makes a copy that raced a flush
-// harmless. A batch still unapplied after 10 x repush_after is pushed again
-// even with its marker present (it may have been lost after the marker).
+// Runs on every instance, producer-only ones too (they have no Postgres to
+// ask). The stage-1 writer hands over every batch it wrote (id, bytes, and
+// the database it went to). A leader, after each committed flush, adds the
+// ids it applied (new or duplicate) to `{tally:<ns>}:applied:<producer>`;
+// every second retention takes that set from the active database and
+// forgets those batches. Losing the set (a Redis restart) only costs a
+// re-push that the Postgres dedup table skips.
 //
-// Memory is bounded (retention_max_bytes). Past the bound the oldest batches
-// are forgotten with a warning: the local spill journal that should take
-// them (design §6) is not built yet.
+// Pushed again:
+//   * at once, as a copy, every batch written before the active database
+//     (or, for a Sentinel database, its primary) changed: a dead database
+//     takes its batches with it, a promoted replica may lack the newest
+//     writes, and after a switch away and back the leader may have reported
+//     the batch applied in the other database only; nothing waits for
+//     repush_after;
+//   * through the idempotent stage-1 push (it lands only if Redis lost the
+//     batch's written-marker), any batch not applied within repush_after
+//     (Redis restarted without persistence);
+//   * as a copy, a batch still unapplied after 10 x repush_after even if
+//     Redis claims to know it (it may have been lost after the marker).
+// The Postgres dedup table makes every copy harmless.
+//
+// Memory is bounded (retention_max_bytes); past the bound the oldest batches
+// are forgotten with a warning (they are in Redis; only a later loss of that
+// Redis would then go unrepaired).
 //
 // Accepts:
-//   retain_atom, std::string id, std::string bytes   from the writer
-//   rcheck_atom, uint64_t generation                  timer
+//   retain_atom, std::string id, std::string bytes, uint64_t generation
+//       from the writer: the fleet generation (redis_link::generation) it was written under
+//   rcheck_atom, uint64_t generation                               timer
+//   active_atom, uint64_t generation                               the active database changed
 #pragma once
 
 #include "actors/flush_context.hpp"
@@ -33,14 +45,10 @@ namespace tally {
 using retain_atom = caf::atom_constant<caf::atom("retain")>;
 using rcheck_atom = caf::atom_constant<caf::atom("rcheck")>;
 
-/// Name of the retention actor in the actor system's registry.
-constexpr caf::atom_value retention_registry_name = caf::atom("retention");
-
 /// Bytes of encoded batches held at most.
 constexpr size_t retention_max_bytes = size_t{256} << 20;
 
-/// Spawns the retention actor (detached: its Postgres and Redis calls block),
-/// linked to `supervisor`, and registers it under retention_registry_name.
-caf::actor spawn_retention(caf::event_based_actor* supervisor, flush_context_ptr ctx);
+/// Spawns the retention actor (detached: its Redis calls block).
+caf::actor spawn_retention(caf::actor_system& sys, flush_context_ptr ctx);
 
 } // namespace tally

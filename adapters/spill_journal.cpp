@@ -9,6 +9,7 @@
 #include "adapters/spill_journal.hpp"
 
 #include "core/failpoint.hpp"
+#include "core/unique_fd.hpp"
 
 #include <algorithm>
 #include <cerrno>
@@ -56,35 +57,6 @@ error_info make_error(journal_errc code, std::string message) {
 error_info sys_error(const std::string& path, const std::string& what, int err) {
   return make_error(journal_errc::io_error, "journal " + path + ": " + what + ": " + std::strerror(err));
 }
-
-/// Owns a file descriptor; closes it on destruction (which also drops a
-/// flock held through it).
-class unique_fd {
-public:
-  unique_fd() = default;
-  explicit unique_fd(int fd) noexcept : fd_(fd) {}
-  unique_fd(unique_fd&& other) noexcept : fd_(other.release()) {}
-  unique_fd& operator=(unique_fd&& other) noexcept {
-    reset(other.release());
-    return *this;
-  }
-  unique_fd(const unique_fd&) = delete;
-  unique_fd& operator=(const unique_fd&) = delete;
-  ~unique_fd() { reset(); }
-
-  int get() const noexcept { return fd_; }
-  explicit operator bool() const noexcept { return fd_ >= 0; }
-  int release() noexcept { return std::exchange(fd_, -1); }
-  void reset(int fd = -1) noexcept {
-    // close() is not retried on EINTR: Linux releases the descriptor anyway.
-    if (fd_ >= 0)
-      ::close(fd_);
-    fd_ = fd;
-  }
-
-private:
-  int fd_ = -1;
-};
 
 struct dir_deleter {
   void operator()(DIR* d) const noexcept { ::closedir(d); }

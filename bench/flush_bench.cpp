@@ -191,6 +191,7 @@ void BM_ThroughTally(benchmark::State& state) {
     cfg.ns = "bench" + std::to_string(round++);
     cfg.instance_id = "bench";
     cfg.redis_urls = {env().redis.url()};
+    cfg.state_dir = tally::testing::temp_dir("tally-state-");
     cfg.postgres_url = env().pg.url();
     cfg.buffer_interval = 50ms;
     cfg.flush_interval = 50ms;

@@ -54,6 +54,7 @@ void start_runtime() {
   cfg.ns = "bench";
   cfg.instance_id = "bench";
   cfg.redis_urls = {redis->url()};
+  cfg.state_dir = tally::testing::temp_dir("tally-state-");
   cfg.buffer_interval = std::chrono::milliseconds(1000);
   rt = std::make_unique<tally::runtime>();
   if (auto err = rt->start(cfg); !err.empty()) {

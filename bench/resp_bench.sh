@@ -40,7 +40,7 @@ redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --d
 pids+=($!)
 tally_port=$(free_port)
 # shellcheck disable=SC2086  # LISTENER_ARGS is a list of options
-"$listener" --redis "redis://127.0.0.1:$redis_port" --port "$tally_port" --ns bench ${LISTENER_ARGS:-} \
+"$listener" --redis "redis://127.0.0.1:$redis_port" --port "$tally_port" --ns bench --state-dir "$work/state" ${LISTENER_ARGS:-} \
   >"$work/listener.out" 2>"$work/listener.log" &
 pids+=($!)
 for _ in $(seq 100); do

@@ -27,6 +27,7 @@ int main(int argc, char** argv) {
     if (k == "--redis") cfg.redis_urls = {v};
     else if (k == "--port") opts.port = static_cast<uint16_t>(std::atoi(v.c_str()));
     else if (k == "--ns") cfg.ns = v;
+    else if (k == "--state-dir") cfg.state_dir = v;
     else if (k == "--requirepass") opts.requirepass = v;
     else if (k == "--shards") cfg.shards = static_cast<uint32_t>(std::atoi(v.c_str()));
     else if (k == "--workers") cfg.worker_threads = static_cast<uint32_t>(std::atoi(v.c_str()));

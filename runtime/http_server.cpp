@@ -1,9 +1,7 @@
 // runtime/http_server.cpp — /metrics /healthz /readyz (see http_server.hpp).
 #include "runtime/http_server.hpp"
 
-#include "actors/buffer_writer.hpp"  // key_prefix
 #include "actors/resp_server.hpp"
-#include "adapters/redis_client.hpp"
 #include "core/log.hpp"
 #include "runtime/metrics.hpp"
 #include "runtime/options.hpp"
@@ -17,23 +15,6 @@
 
 namespace tally {
 
-namespace {
-
-/// Sharing one probe between concurrent scrapes; long enough that a scrape
-/// storm is one PING, short enough that /readyz follows a Redis outage
-/// within a second.
-constexpr auto probe_interval = std::chrono::milliseconds(500);
-
-/// One configured Redis database and the connection the probe keeps to it.
-struct probed_redis {
-  std::string address;  // host:port, for labels and messages (no password)
-  std::optional<adapters::redis_endpoint> endpoint;
-  std::optional<adapters::redis_client> client;
-  std::string last_error;
-};
-
-} // namespace
-
 struct ops_http_server::impl {
   runtime& rt;
   config cfg;
@@ -45,98 +26,41 @@ struct ops_http_server::impl {
   httplib::Server server;
   std::thread thread;
 
-  std::mutex probe_mutex;  // guards everything below
-  std::vector<probed_redis> redis;
-  std::vector<redis_probe_result> last_probe;
-  std::chrono::steady_clock::time_point last_probe_at{};
-
   impl(runtime& r, const daemon_options& o)
-    : rt(r), cfg(o.runtime), bind(o.http_bind), requested_port(o.http_port) {
-    for (auto& url : cfg.redis_urls) {
-      probed_redis p;
-      if (auto ep = adapters::parse_redis_url(url)) {
-        p.endpoint = *ep;
-        p.address = ep->host + ":" + std::to_string(ep->port);
-      } else {
-        p.address = "unparseable";
-      }
-      redis.push_back(std::move(p));
-    }
-  }
+    : rt(r), cfg(o.runtime), bind(o.http_bind), requested_port(o.http_port) {}
 
-  /// PINGs every configured Redis and reads the stage-1 backlog; blocking,
-  /// at most once per probe_interval.
-  std::vector<redis_probe_result> probe() {
-    std::lock_guard<std::mutex> guard{probe_mutex};
-    auto now = std::chrono::steady_clock::now();
-    if (!last_probe.empty() && now - last_probe_at < probe_interval)
-      return last_probe;
-    std::string batches_key = key_prefix(cfg.ns) + ":batches";
-    std::vector<redis_probe_result> out;
-    for (auto& p : redis) {
-      redis_probe_result r;
-      r.address = p.address;
-      if (p.endpoint) {
-        if (!p.client) {
-          auto c = adapters::redis_client::connect(*p.endpoint, cfg.redis_timeout);
-          if (c)
-            p.client.emplace(std::move(*c));
-          else
-            p.last_error = c.error().message;
-        }
-        if (p.client) {
-          auto replies = p.client->pipeline({{"PING"}, {"LLEN", batches_key}});
-          if (replies && replies->size() == 2 && replies->at(0).type != adapters::redis_reply::kind::error) {
-            r.up = true;
-            p.last_error.clear();
-            if (replies->at(1).type == adapters::redis_reply::kind::integer) {
-              r.backlog_known = true;
-              r.backlog = static_cast<uint64_t>(replies->at(1).integer);
-            }
-          } else {
-            p.last_error = replies ? (replies->empty() ? "no reply" : replies->at(0).str) : replies.error().message;
-            p.client.reset();  // reconnect at the next probe
-          }
-        }
-      }
-      out.push_back(std::move(r));
-    }
-    last_probe = out;
-    last_probe_at = now;
-    return out;
-  }
-
-  std::string readiness(const std::vector<redis_probe_result>& probed, const stats& st) {
+  std::string readiness(const std::vector<redis_database_status>& dbs, const stats& st) {
     if (stopping.load())
       return "stopping";
-    bool any_up = false;
-    std::string why;
-    {
-      std::lock_guard<std::mutex> guard{probe_mutex};
-      for (size_t i = 0; i < probed.size(); ++i) {
-        any_up = any_up || probed[i].up;
-        if (!probed[i].up && i < redis.size())
-          why += (why.empty() ? "" : "; ") + probed[i].address + ": "
-                 + (redis[i].last_error.empty() ? "unreachable" : redis[i].last_error);
-      }
-    }
-    if (!any_up)
-      return "no Redis reachable (" + why + ")";
-    if (st.pending_batches >= cfg.max_pending_batches)
+    bool active = std::any_of(dbs.begin(), dbs.end(), [](const auto& d) { return d.active; });
+    if (!active && st.journal_full)
+      return "no Redis database is healthy and the spill journal is full (journal_max_bytes): ingest is "
+             "pushing back";
+    if (st.pending_batches >= cfg.max_pending_batches && st.journal_full)
       return "stage-1 writer holds " + std::to_string(st.pending_batches)
-             + " unwritten batches (max_pending_batches): ingest is pushing back";
+             + " unwritten batches and the spill journal is full: ingest is pushing back";
     return {};
+  }
+
+  /// What a ready instance adds to "ready" when it persists only locally.
+  std::string ready_detail(const std::vector<redis_database_status>& dbs) {
+    if (std::any_of(dbs.begin(), dbs.end(), [](const auto& d) { return d.active; }))
+      return {};
+    std::string why;
+    for (const auto& d : dbs)
+      why += (why.empty() ? "" : "; ") + d.url + " " + d.state + (d.last_error.empty() ? "" : ": " + d.last_error);
+    return " (no Redis database is healthy: batches go to the spill journal; " + why + ")";
   }
 
   metrics_snapshot gather() {
     metrics_snapshot m;
     m.runtime = rt.snapshot();
     m.resp = snapshot_resp_metrics();
-    m.redis = probe();
+    m.databases = rt.redis_databases();
     m.instance = rt.instance_id();
     m.ns = cfg.ns;
     m.stopping = stopping.load();
-    m.ready = readiness(m.redis, m.runtime).empty();
+    m.ready = readiness(m.databases, m.runtime).empty();
     m.uptime_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
     return m;
   }
@@ -149,9 +73,10 @@ struct ops_http_server::impl {
       res.set_content("ok\n", "text/plain");
     });
     server.Get("/readyz", [this](const httplib::Request&, httplib::Response& res) {
-      auto why = readiness(probe(), rt.snapshot());
+      auto dbs = rt.redis_databases();
+      auto why = readiness(dbs, rt.snapshot());
       if (why.empty()) {
-        res.set_content("ready\n", "text/plain");
+        res.set_content("ready" + ready_detail(dbs) + "\n", "text/plain");
       } else {
         res.status = 503;
         res.set_content("not ready: " + why + "\n", "text/plain");
@@ -226,7 +151,7 @@ void ops_http_server::stop() {
 }
 
 std::string ops_http_server::readiness() {
-  return impl_->readiness(impl_->probe(), impl_->rt.snapshot());
+  return impl_->readiness(impl_->rt.redis_databases(), impl_->rt.snapshot());
 }
 
 } // namespace tally

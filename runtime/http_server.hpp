@@ -5,17 +5,18 @@
 //   GET /readyz   200 "ready" when this instance can persist events, else
 //                 503 with the reason (readiness; see below)
 //
-// Readiness, defined simply: tallyd is ready when (1) it is not shutting
-// down, (2) at least one configured Redis answers PING within redis_timeout
-// (stage 1 can persist), and (3) the stage-1 writer is not at its bound of
-// pending batches (max_pending_batches, where ingest pushes back). Postgres
-// is not part of it: stage 1 keeps accepting and persisting while Postgres is
-// down, and the flush catches up later.
+// Readiness (design §7: "can persist"): tallyd is ready when (1) it is not
+// shutting down and (2) stage 1 can persist: a Redis database is active, or
+// the local spill journal still takes batches (it is not full). With every
+// Redis down it stays ready and says so in the body: events go to the
+// journal and are replayed later, nothing is refused. Postgres is not part
+// of it: stage 1 keeps persisting while Postgres is down, and the flush
+// catches up later.
 //
 // Threads: httplib's listener thread and its worker pool, never CAF's
-// scheduler; the Redis probe (PING + LLEN of the stage-1 list) is a blocking
-// hiredis call on those threads, shared by concurrent scrapes and cached for
-// probe_interval so a scrape storm does not become a Redis storm.
+// scheduler. Nothing here talks to Redis: database states come from the
+// failover actor's view (its health actors probe), the stage-1 backlog from
+// the registry's heartbeat, so a scrape storm is never a Redis storm.
 //
 // Order of calls: start() (binds synchronously, so a port in use is an
 // error at once), set_stopping() when a signal arrives, stop() last.

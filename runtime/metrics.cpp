@@ -148,16 +148,45 @@ std::string render_metrics(const metrics_snapshot& m) {
             s.batch_bytes_written);
   w.counter("tally_stage1_failures_total", "Failed stage-1 write attempts (each retried).", s.stage1_failures);
   w.gauge("tally_pending_batches", "Encoded batches not yet in Redis.", s.pending_batches);
-  w.family("tally_redis_up", "gauge", "1 when the configured Redis answered PING at this scrape.");
-  for (size_t i = 0; i < m.redis.size(); ++i)
-    w.sample("tally_redis_up", uint64_t{m.redis[i].up ? 1u : 0u},
-             "redis=\"" + label_value(m.redis[i].address) + "\"");
+  w.family("tally_redis_up", "gauge",
+           "1 while the database's circuit is closed (its health checks pass and its grace period is over).");
+  for (const auto& d : m.databases)
+    w.sample("tally_redis_up", uint64_t{d.state == "closed" ? 1u : 0u}, "db=\"" + label_value(d.url) + "\"");
+  w.family("tally_redis_active", "gauge", "1 for the database stage 1 writes to (highest-weight healthy one).");
+  for (const auto& d : m.databases)
+    w.sample("tally_redis_active", uint64_t{d.active ? 1u : 0u}, "db=\"" + label_value(d.url) + "\"");
+  w.family("tally_redis_circuit", "gauge", "1 for the state the database's circuit breaker is in.");
+  for (const auto& d : m.databases)
+    for (const char* state : {"unknown", "closed", "open", "half_open"})
+      w.sample("tally_redis_circuit", uint64_t{d.state == state ? 1u : 0u},
+               "db=\"" + label_value(d.url) + "\",state=\"" + state + "\"");
+  w.family("tally_redis_weight", "gauge", "Configured weight of the database.");
+  for (const auto& d : m.databases)
+    w.sample("tally_redis_weight", uint64_t{d.weight}, "db=\"" + label_value(d.url) + "\"");
+  w.family("tally_redis_circuit_opens_total", "counter", "Times the database's circuit opened.");
+  for (const auto& d : m.databases)
+    w.sample("tally_redis_circuit_opens_total", d.opens, "db=\"" + label_value(d.url) + "\"");
+  w.family("tally_redis_switches_total", "counter", "Switches of the active database, by reason.");
+  for (int i = 0; i < 5; ++i)
+    w.sample("tally_redis_switches_total", s.redis_switches[i],
+             std::string("reason=\"") + redis_switch_reasons[i] + "\"");
   w.family("tally_redis_backlog_batches", "gauge",
-           "Stage-1 batches waiting in Redis for the flush (LLEN of the namespace's batches list).");
-  for (size_t i = 0; i < m.redis.size(); ++i)
-    if (m.redis[i].backlog_known)
-      w.sample("tally_redis_backlog_batches", m.redis[i].backlog,
-               "redis=\"" + label_value(m.redis[i].address) + "\"");
+           "Stage-1 batches waiting in the active database for the flush (LLEN of the batches list, read at "
+           "every registry heartbeat).");
+  if (s.redis_backlog_known)
+    w.sample("tally_redis_backlog_batches", s.redis_backlog_batches);
+  w.gauge("tally_journal_batches", "Batches in the local spill journal, waiting for a healthy Redis.",
+          s.journal_batches);
+  w.gauge("tally_journal_bytes", "Size of the local spill journal.", s.journal_bytes);
+  w.gauge("tally_journal_full", "1 while the spill journal refuses batches (journal_max_bytes).", s.journal_full);
+  w.counter("tally_journaled_batches_total", "Batches written to the spill journal.", s.journaled);
+  w.counter("tally_replayed_batches_total", "Journal records pushed to Redis.", s.replayed);
+  w.counter("tally_journal_truncations_total", "Torn or corrupt journal tails cut off at start.",
+            s.journal_truncated);
+  w.gauge("tally_retained_batches", "Batches kept until a leader reports them applied (producer retention).",
+          s.retained);
+  w.counter("tally_repushed_batches_total", "Batches retention pushed again (Redis lost them, or a switch).",
+            s.repushed);
 
   // --- stage 2 ---
   w.counter("tally_flushes_total", "Flush transactions committed to Postgres by this instance.", s.flushes);

@@ -15,19 +15,11 @@
 
 namespace tally {
 
-/// What a probe of one configured Redis database found.
-struct redis_probe_result {
-  std::string address;      // host:port (never the password)
-  bool up = false;          // answered PING within redis_timeout
-  bool backlog_known = false;
-  uint64_t backlog = 0;     // LLEN of {tally:<ns>}:batches: stage-1 batches not yet flushed
-};
-
 /// Everything one scrape shows.
 struct metrics_snapshot {
   stats runtime;
   resp_metrics resp;
-  std::vector<redis_probe_result> redis;
+  std::vector<redis_database_status> databases;
   std::string instance;
   std::string ns;
   bool ready = false;

@@ -219,6 +219,8 @@ const char* const kProcess = "process";
 const char* const kResp = "RESP ingest listener";
 const char* const kHttp = "HTTP operations endpoint";
 const char* const kRedis = "Redis (stage 1)";
+const char* const kHealth = "Redis health checks and failover";
+const char* const kJournal = "local spill journal";
 const char* const kIngest = "ingest and aggregation";
 const char* const kPostgres = "Postgres (stage 2: the flush supervisor)";
 
@@ -291,9 +293,13 @@ std::vector<option_spec> build_table() {
 
   // --- Redis -----------------------------------------------------------------
   add(list_option("redis_urls", kRedis, RT(redis_urls),
-                  "Redis databases as redis://[[user]:password@]host[:port][/db]; stage-1 batches go "
-                  "to the first that answers. Comma-separated in the environment and on the command line.")
-        .def("redis://127.0.0.1:6379"));
+                  "Redis databases, each redis://[[user]:password@]host[:port][/db] or "
+                  "redis+sentinel://host[:port][,host[:port]...]/master-name[/db], with an optional "
+                  "?weight=N (1-1000000, default 1). Stage-1 batches go to the active database: the "
+                  "highest-weight one whose circuit is closed (ties: the first listed). In the file, "
+                  "[[redis]] tables (url = ..., weight = N) are the same list. Comma-separated in the "
+                  "environment and on the command line. SIGHUP reloads the list.")
+        .def("redis://127.0.0.1:6379").changeable());
   add(duration_option("redis_timeout", kRedis, RT(redis_timeout),
                       "Connect and command timeout of every Redis call.")
         .def("1s").bounds(1, 60 * kSecond));
@@ -311,9 +317,60 @@ std::vector<option_spec> build_table() {
                      "Largest encoded batch; bigger merges are split.")
         .def(std::to_string(kMiB)).bounds(4096, 256 * kMiB).unit("bytes"));
   add(integer_option("max_pending_batches", kRedis, RT(max_pending_batches),
-                     "Encoded batches held in memory while Redis is unreachable; past it ingest "
-                     "pushes back (RESP connections stop reading).")
+                     "Encoded batches held in memory while Redis does not take them; past it they go to "
+                     "the spill journal.")
         .def("1024").bounds(1, 1 << 24).unit("batches"));
+
+  // --- health checks and failover ---------------------------------------------
+  add(duration_option("health_check_interval", kHealth, RT(health_check_interval),
+                      "How often each database's health actor runs a round of PING probes (redis-py: 5s).")
+        .def("1s").bounds(10, 10 * kMinute));
+  add(integer_option("health_check_probes", kHealth, RT(health_check_probes),
+                     "PINGs per round at most; the round stops once the policy is decided (redis-py: 3).")
+        .def("3").bounds(1, 100).unit("probes"));
+  add(duration_option("health_check_probe_delay", kHealth, RT(health_check_probe_delay),
+                      "Pause between the probes of one round (redis-py: 500ms).")
+        .def("100ms").bounds(0, kMinute));
+  add(duration_option("health_check_timeout", kHealth, RT(health_check_timeout),
+                      "Bound of one probe, connect included: a hung database is judged within it "
+                      "(redis-py: 3s).")
+        .def("1s").bounds(1, kMinute));
+  add(choice_option("health_check_policy", kHealth, RT(health_check_policy), {"all", "majority", "any"},
+                    "How many probes of a round must pass for the database to count as healthy "
+                    "(redis-py: all).")
+        .def("all"));
+  add(duration_option("failure_window", kHealth, RT(failure_window),
+                      "Sliding window (5 buckets) of the failure detector over the commands tally sends; "
+                      "a logical command counts once however often it is retried (redis-py: 2s).")
+        .def("5s").bounds(100, kHour));
+  add(integer_option("failure_min_failures", kHealth, RT(failure_min_failures),
+                     "Failed commands within failure_window before the circuit may open. redis-py's 1000 "
+                     "suits a client sending thousands of commands a second; tally sends a few.")
+        .def("3").bounds(1, 1000000).unit("commands"));
+  add(integer_option("failure_rate_percent", kHealth, RT(failure_rate_percent),
+                     "Share of failed commands within failure_window that opens the circuit, once "
+                     "failure_min_failures is reached (redis-py: 10%).")
+        .def("10").bounds(1, 100).unit("percent"));
+  add(duration_option("grace_period", kHealth, RT(grace_period),
+                      "A database that recovered is trusted again only after it stayed healthy this long "
+                      "(half-open meanwhile; redis-py does not enforce one).")
+        .def("10s").bounds(0, kHour));
+  add(duration_option("auto_fallback_interval", kHealth, RT(auto_fallback_interval),
+                      "How often (+-10% jitter) the active database moves back to a strictly better healthy "
+                      "one; 0s = only by operator (redis-py: 120s).")
+        .def("30s").bounds(0, kDay));
+
+  // --- spill journal -------------------------------------------------------------
+  add(text_option("state_dir", kJournal, RT(state_dir),
+                  "Directory of the local spill journal (<ns>.<instance>.journal), where batches go while "
+                  "no Redis database is healthy and that is replayed first when one is, and at the next "
+                  "start. Empty = $STATE_DIRECTORY (systemd StateDirectory=), else "
+                  "$XDG_STATE_HOME/tally, else ~/.local/state/tally, else /tmp/tally-<uid>.")
+        .def(""));
+  add(integer_option("journal_max_bytes", kJournal, RT(journal_max_bytes),
+                     "Size bound of the spill journal; when it is full and Redis still takes nothing, "
+                     "ingest pushes back (nothing is dropped).")
+        .def(std::to_string(1024 * kMiB)).bounds(kMiB, int64_t{1} << 50).unit("bytes"));
 
   // --- ingest ----------------------------------------------------------------
   add(integer_option("shards", kIngest, RT(shards),
@@ -545,6 +602,56 @@ daemon_options default_options() {
   return o;
 }
 
+namespace {
+
+struct tables_text {
+  bool ok = false;
+  std::string list;   // comma-separated URLs with ?weight=
+  std::string error;
+};
+
+tables_text redis_tables_to_list(const toml::node& node, const std::string& where) {
+  tables_text out;
+  auto fail = [&](const std::string& what) {
+    out.error = "option redis: " + what + " (from " + where + ")";
+    return out;
+  };
+  const auto* arr = node.as_array();
+  if (!arr || !arr->is_array_of_tables())
+    return fail("must be an array of tables: [[redis]] url = \"redis://host:6379\" weight = 2");
+  if (arr->empty())
+    return fail("at least one [[redis]] table is needed");
+  std::vector<std::string> urls;
+  for (auto&& el : *arr) {
+    const auto& t = *el.as_table();
+    std::string line = std::to_string(t.source().begin.line);
+    for (auto&& [k, v] : t)
+      if (k.str() != "url" && k.str() != "weight")
+        return fail("unknown key '" + std::string(k.str()) + "' in the [[redis]] table at line " + line
+                    + " (url and weight are known)");
+    auto url = t["url"].value_exact<std::string>();
+    if (!url || url->empty())
+      return fail("the [[redis]] table at line " + line + " needs url = \"redis://...\"");
+    if (url->find(',') != std::string::npos)
+      return fail("'" + *url + "' contains a comma; list Sentinels as separate hosts in one url");
+    std::string item = *url;
+    if (t.contains("weight")) {
+      auto w = t["weight"].value_exact<int64_t>();
+      if (!w || *w < 1 || *w > 1000000)
+        return fail("weight of the [[redis]] table at line " + line + " must be an integer from 1 to 1000000");
+      if (item.find("weight=") != std::string::npos)
+        return fail("the [[redis]] table at line " + line + " gives a weight twice (in url and weight)");
+      item += (item.find('?') == std::string::npos ? "?weight=" : "&weight=") + std::to_string(*w);
+    }
+    urls.push_back(std::move(item));
+  }
+  out.ok = true;
+  out.list = join_list(urls);
+  return out;
+}
+
+} // namespace
+
 std::string apply_config_file(daemon_options& o, const std::string& path, bool only_changeable) {
   toml::table doc;
   try {
@@ -557,9 +664,24 @@ std::string apply_config_file(daemon_options& o, const std::string& path, bool o
     msg << ": " << e.description();
     return msg.str();
   }
+  if (doc.contains("redis") && doc.contains("redis_urls"))
+    return "config " + path + ":" + std::to_string(doc["redis"].node()->source().begin.line)
+           + ": give the databases either as [[redis]] tables or as redis_urls, not both";
   for (auto&& [key, node] : doc) {
     std::string name(key.str());
     std::string where = path + ":" + std::to_string(node.source().begin.line);
+    if (name == "redis") {
+      // [[redis]] url = "...", weight = N: the same list as redis_urls, one
+      // table per database, so a weight reads as data, not as a URL query.
+      auto text = redis_tables_to_list(node, where);
+      if (!text.ok)
+        return text.error;
+      if (only_changeable && !find_option("redis_urls")->runtime_changeable)
+        continue;
+      if (auto err = apply_option(o, *find_option("redis_urls"), text.list, where); !err.empty())
+        return err;
+      continue;
+    }
     const option_spec* spec = find_option(name);
     if (!spec)
       return "config " + where + ": unknown option '" + name + "'";

@@ -4,15 +4,22 @@
 #include "actors/aggregator.hpp"
 #include "actors/atoms.hpp"
 #include "actors/buffer_writer.hpp"
-#include "actors/flush_supervisor.hpp"  // stage 2 (issue 3)
+#include "actors/failover.hpp"
+#include "actors/flush_supervisor.hpp"
 #include "actors/ingest.hpp"
+#include "actors/registry.hpp"
+#include "actors/retention.hpp"
 #include "adapters/redis_client.hpp"
+#include "adapters/spill_journal.hpp"
+#include "core/circuit_breaker.hpp"
 #include "core/log.hpp"
 #include "runtime/runtime_internal.hpp"
 
 #include <caf/all.hpp>
 #include <caf/io/middleman.hpp>
 
+#include <cstdlib>
+#include <set>
 #include <thread>
 #include <unistd.h>
 
@@ -24,9 +31,14 @@ struct runtime::impl {
   std::unique_ptr<caf::actor_system_config> system_config;  // outlives the system
   std::unique_ptr<caf::actor_system> system;
   std::unique_ptr<ingest_state> ingest;
+  std::unique_ptr<redis_fleet> fleet;  // outlives every actor that reads it
   std::vector<caf::actor> aggregators;
+  caf::actor failover;
+  caf::actor retention;
+  caf::actor registry;
   caf::actor writer;
-  caf::actor flush;  // stage 2 (issue 3): flush supervisor; null without postgres_url
+  caf::actor flush;  // the flush supervisor; null without postgres_url
+  std::string journal_dir;
   bool running = false;
   bool stopped = false;
 };
@@ -45,6 +57,68 @@ bool within(std::chrono::duration<Rep, Period> d, std::chrono::milliseconds lo, 
   return d >= lo && d <= hi;
 }
 
+/// Where the spill journal lives: the option, else what systemd's
+/// StateDirectory= exports, else the XDG state directory, else a per-user
+/// directory under /tmp (a plain run must work without any setup).
+std::string resolve_state_dir(const std::string& configured) {
+  if (!configured.empty())
+    return configured;
+  if (const char* sd = std::getenv("STATE_DIRECTORY"); sd && *sd) {
+    std::string first(sd);
+    return first.substr(0, first.find(':'));  // systemd lists several with ':'
+  }
+  if (const char* xdg = std::getenv("XDG_STATE_HOME"); xdg && *xdg)
+    return std::string(xdg) + "/tally";
+  if (const char* home = std::getenv("HOME"); home && *home)
+    return std::string(home) + "/.local/state/tally";
+  return "/tmp/tally-" + std::to_string(getuid());
+}
+
+void report_recovery(const adapters::spill_journal& j) {
+  const auto& r = j.recovery();
+  if (r.tail_truncated)
+    TALLY_ERROR("runtime", "spill journal " << j.path() << ": " << r.tail_reason << "; cut " << r.truncated_bytes
+                           << " bytes, kept the " << r.records << " records before it");
+  if (r.records > 0)
+    TALLY_INFO("runtime", "spill journal " << j.path() << " holds " << r.records
+                          << " batches; they are replayed once a redis database is healthy");
+}
+
+/// Opens this instance's journal and adopts the journals of earlier
+/// processes of the namespace (an instance id with a pid changes every
+/// start) that no live process holds. "" or why not.
+std::string open_journals(runtime::impl& p, const config& cfg, journal_set& out) {
+  auto own_path = adapters::journal_path(p.journal_dir, cfg.ns, p.instance);
+  auto own = adapters::spill_journal::open(own_path, cfg.journal_max_bytes);
+  if (!own)
+    return "option state_dir: cannot open the spill journal " + own_path + ": " + own.error().message;
+  report_recovery(*own);
+  auto found = adapters::list_journals(p.journal_dir, cfg.ns);
+  if (!found)
+    return "option state_dir: cannot list " + p.journal_dir + ": " + found.error().message;
+  for (const auto& path : *found) {
+    if (path == own_path)
+      continue;
+    auto j = adapters::spill_journal::open(path, UINT64_MAX);
+    if (!j) {
+      if (j.error().code != static_cast<int>(adapters::journal_errc::locked))
+        TALLY_ERROR("runtime", "spill journal " << path << " left alone: " << j.error().message);
+      continue;  // locked: a live instance owns it
+    }
+    report_recovery(*j);
+    out.adopted.push_back(std::move(*j));
+  }
+  out.own.emplace(std::move(*own));
+  return {};
+}
+
+uint64_t journal_tails_cut(const journal_set& js) {
+  uint64_t n = js.own && js.own->recovery().tail_truncated ? 1 : 0;
+  for (const auto& j : js.adopted)
+    n += j.recovery().tail_truncated ? 1 : 0;
+  return n;
+}
+
 std::string start_impl(runtime::impl& p, const config& cfg, bool with_io) {
   if (p.running || p.stopped)
     return "runtime: start called twice";
@@ -59,20 +133,34 @@ std::string start_impl(runtime::impl& p, const config& cfg, bool with_io) {
   if (with_io)
     p.system_config->load<caf::io::middleman>();
   p.system = std::make_unique<caf::actor_system>(*p.system_config);
+  p.journal_dir = resolve_state_dir(cfg.state_dir);
+  auto journals = std::make_shared<journal_set>();
+  if (auto err = open_journals(p, cfg, *journals); !err.empty()) {
+    p.system.reset();
+    return err;
+  }
   p.ingest = std::make_unique<ingest_state>(cfg, shards);
   for (auto& s : p.ingest->shards) {
     s->aggregator = spawn_aggregator(*p.system, *p.ingest, *s);
     p.aggregators.push_back(s->aggregator);
   }
-  p.writer = spawn_buffer_writer(*p.system, *p.ingest, p.aggregators, p.instance);
+  p.ingest->counters.journal_truncated.store(journal_tails_cut(*journals));
+  p.fleet = std::make_unique<redis_fleet>();
+  p.failover = spawn_failover(*p.system, cfg, *p.fleet, p.ingest->counters);
+  auto ctx = std::make_shared<flush_context>(cfg, p.instance, *p.ingest, *p.fleet);
+  // Retention and the registry run on every instance: a producer-only one
+  // needs retention most (nobody else would repair a Redis that lost its
+  // batches) and must be visible in the registry.
+  p.retention = spawn_retention(*p.system, ctx);
+  p.registry = spawn_registry(*p.system, ctx);
+  p.writer = spawn_buffer_writer(*p.system, *p.ingest, p.aggregators, p.instance, *p.fleet, p.retention,
+                                 std::move(journals));
   p.ingest->writer = p.writer;
-  // --- stage 2 (issue 3): the flush supervisor, when there is a Postgres to flush to.
   if (!cfg.postgres_url.empty())
-    p.flush = spawn_flush_supervisor(*p.system, *p.ingest, p.instance);
-  // --- end stage 2
+    p.flush = spawn_flush_supervisor(*p.system, ctx);
   p.running = true;
   TALLY_INFO("runtime", "started instance " << p.instance << " (namespace " << cfg.ns << ", "
-                        << shards << " shards)");
+                        << shards << " shards, spill journal in " << p.journal_dir << ")");
   return {};
 }
 
@@ -86,9 +174,14 @@ std::string validate(const config& c) {
     return "option instance_id: at most 128 characters without colons or spaces";
   if (c.redis_urls.empty())
     return "option redis_urls: at least one Redis URL is needed";
-  for (auto& url : c.redis_urls)
-    if (auto ep = adapters::parse_redis_url(url); !ep)
-      return "option redis_urls: '" + url + "': " + ep.error().message;
+  std::set<std::string> seen;
+  for (auto& url : c.redis_urls) {
+    auto spec = adapters::parse_redis_database(url);
+    if (!spec)
+      return "option redis_urls: '" + url + "': " + spec.error().message;
+    if (!seen.insert(spec->url).second)
+      return "option redis_urls: " + spec->display + " is listed twice";
+  }
   if (c.shards > 256)
     return "option shards: at most 256";
   if (c.queue_capacity < 1024 || c.queue_capacity > (1u << 26))
@@ -119,6 +212,29 @@ std::string validate(const config& c) {
     return "option applied_retention: at least 1h";
   if (c.repush_after < milliseconds(1000))
     return "option repush_after: at least 1s";
+  if (!within(c.health_check_interval, milliseconds(10), milliseconds(600000)))
+    return "option health_check_interval: between 10ms and 10min";
+  if (c.health_check_probes < 1 || c.health_check_probes > 100)
+    return "option health_check_probes: between 1 and 100";
+  if (!within(c.health_check_probe_delay, milliseconds(0), milliseconds(60000)))
+    return "option health_check_probe_delay: between 0ms and 1min";
+  if (!within(c.health_check_timeout, milliseconds(1), milliseconds(60000)))
+    return "option health_check_timeout: between 1ms and 1min";
+  probe_policy policy;
+  if (!parse_probe_policy(c.health_check_policy, policy))
+    return "option health_check_policy: one of all, majority, any";
+  if (!within(c.failure_window, milliseconds(100), milliseconds(3600000)))
+    return "option failure_window: between 100ms and 1h";
+  if (c.failure_min_failures < 1)
+    return "option failure_min_failures: at least 1";
+  if (c.failure_rate_percent < 1 || c.failure_rate_percent > 100)
+    return "option failure_rate_percent: between 1 and 100";
+  if (!within(c.grace_period, milliseconds(0), milliseconds(3600000)))
+    return "option grace_period: between 0s and 1h";
+  if (!within(c.auto_fallback_interval, milliseconds(0), milliseconds(86400000)))
+    return "option auto_fallback_interval: between 0s (never) and 1d";
+  if (c.journal_max_bytes < (uint64_t{1} << 20))
+    return "option journal_max_bytes: at least 1048576";
   return {};
 }
 
@@ -165,7 +281,7 @@ void runtime::stop(std::chrono::milliseconds deadline) {
   auto& p = *impl_;
   if (!p.running)
     return;
-  // stage 2 (issue 3): one deadline for the whole stop, stage 1 and stage 2.
+  // One deadline for the whole stop, stage 1 and stage 2.
   auto stop_until = std::chrono::duration_cast<std::chrono::milliseconds>(
                       std::chrono::system_clock::now().time_since_epoch()) + deadline;
   p.ingest->close();  // from here on record() says errc::stopped
@@ -178,9 +294,9 @@ void runtime::stop(std::chrono::milliseconds deadline) {
       .receive([&](bool ok) { all_written = ok; },
                [&](caf::error& err) { TALLY_ERROR("runtime", "drain failed: " << caf::to_string(err)); });
   }
-  // --- stage 2 (issue 3): after stage 1 drained, finish or roll back the
-  // flush in progress (draining what is left while leading), release the
-  // lease by compare-and-delete, deregister, then exit.
+  // After stage 1 drained: finish or roll back the flush in progress
+  // (draining what is left while leading), release the lease by
+  // compare-and-delete, deregister, then exit.
   if (p.flush) {
     caf::scoped_actor self{*p.system};
     self->request(p.flush, caf::infinite, fstop_atom::value, static_cast<int64_t>(stop_until.count()))
@@ -189,20 +305,30 @@ void runtime::stop(std::chrono::milliseconds deadline) {
     caf::anon_send_exit(p.flush, caf::exit_reason::user_shutdown);
     p.flush = nullptr;
   }
-  // --- end stage 2
+  {
+    caf::scoped_actor self{*p.system};
+    self->request(p.registry, std::chrono::seconds(5), fstop_atom::value)
+      .receive([&](bool) {}, [&](caf::error&) {});
+  }
   for (auto& a : p.aggregators)
     caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
-  caf::anon_send_exit(p.writer, caf::exit_reason::user_shutdown);
+  for (auto* a : {&p.writer, &p.registry, &p.retention, &p.failover}) {
+    caf::anon_send_exit(*a, caf::exit_reason::user_shutdown);
+    *a = nullptr;
+  }
+  p.fleet->set_failover(nullptr);
   for (auto& s : p.ingest->shards)
     s->aggregator = nullptr;
   p.ingest->writer = nullptr;
   p.aggregators.clear();
-  p.writer = nullptr;
   p.system.reset();  // waits for every actor
   stats st;
   p.ingest->add_counters(st);
   TALLY_INFO("runtime", "stopped instance " << p.instance << ": " << st.events_accepted
                         << " events accepted, " << st.batches_written << " batches written"
+                        << (st.journal_batches ? ", " + std::to_string(st.journal_batches)
+                                                   + " in the spill journal (replayed at the next start)"
+                                               : std::string())
                         << (all_written ? "" : ", SOME BATCHES NOT WRITTEN"));
   p.running = false;
   p.stopped = true;
@@ -210,6 +336,64 @@ void runtime::stop(std::chrono::milliseconds deadline) {
 
 const std::string& runtime::instance_id() const noexcept {
   return impl_->instance;
+}
+
+std::vector<redis_database_status> runtime::redis_databases() const {
+  std::vector<redis_database_status> out;
+  if (!impl_->fleet)
+    return out;
+  auto view = impl_->fleet->view();
+  for (size_t i = 0; i < view->dbs.size(); ++i) {
+    const auto& db = view->dbs[i];
+    redis_database_status s;
+    s.url = db.spec.display;
+    s.weight = db.spec.weight;
+    s.state = to_string(db.state);
+    s.active = static_cast<int>(i) == view->active;
+    if (db.endpoint)
+      s.address = db.endpoint->host + ":" + std::to_string(db.endpoint->port);
+    s.last_error = db.last_error;
+    s.opens = db.opens;
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+namespace {
+
+/// One management request to the failover actor; "" or why it was refused.
+template <class... Ts>
+std::string ask_failover(runtime::impl& p, Ts&&... xs) {
+  if (!p.running || !p.failover)
+    return "tally is not running";
+  std::string answer = "the failover actor did not answer";
+  caf::scoped_actor self{*p.system};
+  self->request(p.failover, std::chrono::seconds(10), std::forward<Ts>(xs)...)
+    .receive([&](std::string& reply) { answer = std::move(reply); },
+             [&](caf::error& err) { answer = "failover: " + caf::to_string(err); });
+  return answer;
+}
+
+} // namespace
+
+std::string runtime::add_redis_database(const std::string& url, uint32_t weight) {
+  return ask_failover(*impl_, dbadd_atom::value, url, weight);
+}
+
+std::string runtime::remove_redis_database(const std::string& url) {
+  return ask_failover(*impl_, dbremove_atom::value, url);
+}
+
+std::string runtime::set_redis_weight(const std::string& url, uint32_t weight) {
+  return ask_failover(*impl_, dbweight_atom::value, url, weight);
+}
+
+std::string runtime::promote_redis_database(const std::string& url) {
+  return ask_failover(*impl_, dbpromote_atom::value, url);
+}
+
+std::string runtime::set_redis_databases(const std::vector<std::string>& urls) {
+  return ask_failover(*impl_, dbset_atom::value, urls);
 }
 
 stats runtime::snapshot() const noexcept {

@@ -9,12 +9,14 @@
 //      (a client that vanishes must not kill the daemon);
 //   3. runtime with CAF's io module, RESP listener, HTTP endpoint (a failure
 //      to start any of them exits 1 after stopping what started);
-//   4. sigwait: SIGHUP reloads the options marked runtime-changeable;
+//   4. sigwait: SIGHUP reloads the options marked runtime-changeable (the
+//      Redis database list among them);
 //      SIGTERM/SIGINT stop: /readyz turns 503, the RESP acceptor and its
 //      connections close, runtime::stop() drains the queues, writes the final
-//      stage-1 batch and releases the flush lease; exit 0 (exit 1 if the
-//      drain deadline passed with batches still unwritten: they are lost
-//      with this process, and a supervisor should know).
+//      stage-1 batch (to the spill journal if no Redis takes it) and
+//      releases the flush lease; exit 0 (exit 1 only if batches could go
+//      neither to Redis nor to the journal: they are lost with this
+//      process, and a supervisor should know).
 #include "actors/resp_server.hpp"
 #include "core/log.hpp"
 #include "runtime/http_server.hpp"
@@ -36,13 +38,15 @@ constexpr int exit_bad_option = 2;
 
 /// Applies the options marked runtime-changeable from the file (re-read),
 /// environment and flags; warns about changed options that need a restart.
-void reload(daemon_options& current, const command_line& cl) {
+/// A changed Redis database list goes to the failover actor, which adds,
+/// removes and re-weights (refusing what would leave no database).
+void reload(daemon_options& current, const command_line& cl, runtime& rt) {
   daemon_options next;
   if (auto err = load_options(next, cl, environment_variables()); !err.empty()) {
     TALLY_ERROR("tallyd", "SIGHUP: config not reloaded: " << err);
     return;
   }
-  int changed = 0;
+  int changed = 0, refused = 0;
   for (auto& spec : option_table()) {
     auto before = spec.get(current), after = spec.get(next);
     if (before == after)
@@ -51,6 +55,13 @@ void reload(daemon_options& current, const command_line& cl) {
       TALLY_WARN("tallyd", "SIGHUP: option " << spec.name << " changed; restart to apply it");
       continue;
     }
+    if (spec.name == "redis_urls") {
+      if (auto err = rt.set_redis_databases(next.runtime.redis_urls); !err.empty()) {
+        TALLY_ERROR("tallyd", "SIGHUP: redis databases not reloaded: " << err);
+        ++refused;
+        continue;
+      }
+    }
     spec.set(current, after);
     ++changed;
     TALLY_INFO("tallyd", "SIGHUP: option " << spec.name << " = " << after << " (was " << before << ")");
@@ -58,7 +69,7 @@ void reload(daemon_options& current, const command_line& cl) {
   log_level level;
   if (parse_log_level(current.log_level, level))
     set_log_level(level);
-  if (changed == 0)
+  if (changed == 0 && refused == 0)
     TALLY_INFO("tallyd", "SIGHUP: no runtime-changeable option changed");
 }
 
@@ -88,7 +99,8 @@ int main(int argc, char** argv) {
   parse_log_level(opts.log_level, level);  // validated above
   set_log_level(level);
   for (auto& [name, value] : env) {
-    bool known = false;
+    // Read by the failpoints (core/failpoint.hpp), not options.
+    bool known = name == "TALLY_FAILPOINT" || name == "TALLY_FAILPOINT_SKIP";
     for (auto& spec : option_table())
       known = known || spec.env() == name;
     if (!known)
@@ -133,7 +145,7 @@ int main(int argc, char** argv) {
       continue;
     if (sig != SIGHUP)
       break;
-    reload(opts, cl);
+    reload(opts, cl, rt);
   }
   TALLY_INFO("tallyd", "stopping on " << (sig == SIGTERM ? "SIGTERM" : "SIGINT")
                        << ": closing listeners, draining");
@@ -147,6 +159,7 @@ int main(int argc, char** argv) {
   http.stop();
   auto st = rt.snapshot();
   TALLY_INFO("tallyd", "stopped: " << st.events_accepted << " events accepted, " << st.batches_written
-                       << " batches written, " << st.pending_batches << " unwritten");
+                       << " batches written, " << st.journal_batches << " in the spill journal, "
+                       << st.pending_batches << " lost");
   return st.pending_batches == 0 ? 0 : exit_startup_failed;
 }

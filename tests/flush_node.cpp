@@ -4,7 +4,10 @@
 //   flush_node --redis URL --ns NS --instance ID --postgres URL
 //              [--flush-ms MS] [--lease-ms MS] [--lock-timeout-ms MS]
 //              [--seed S --from A --to B --stride K --offset J]
+//              [--state-dir DIR] [--opt NAME=VALUE ...]
 //
+// --opt sets any tallyd option by its name in the options table. Without
+// --state-dir the process gets a fresh spill-journal directory of its own.
 // Records its slice of the generated workload (none by default), then runs
 // until SIGTERM/SIGINT, when it stops the runtime (stage-1 drain, final
 // flush while leading, lease release) and exits 0. Prints one line of
@@ -12,6 +15,8 @@
 // can wait on them. Environment TALLY_FAILPOINT / TALLY_STOPPOINT pass
 // through. Tests kill it with SIGKILL or SIGSTOP at will.
 #include "tally/tally.hpp"
+#include "tests/support/driver_config.hpp"
+#include "tests/support/fleet_status.hpp"
 #include "tests/support/workload.hpp"
 
 #include <atomic>
@@ -19,6 +24,7 @@
 #include <cstdio>
 #include <string>
 #include <thread>
+#include <unistd.h>
 
 int main(int argc, char** argv) {
   sigset_t sigs;
@@ -35,10 +41,13 @@ int main(int argc, char** argv) {
   cfg.worker_threads = 2;
   cfg.shards = 1;
   uint64_t seed = 1, from = 0, to = 0, stride = 1, offset = 0;
+  std::vector<std::pair<std::string, std::string>> opts;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string k = argv[i], v = argv[i + 1];
     if (k == "--redis") cfg.redis_urls.push_back(v);
     else if (k == "--ns") cfg.ns = v;
+    else if (k == "--state-dir") cfg.state_dir = v;
+    else if (k == "--opt") opts.push_back(tally::testing::split_opt(v));
     else if (k == "--instance") cfg.instance_id = v;
     else if (k == "--postgres") cfg.postgres_url = v;
     else if (k == "--flush-ms") cfg.flush_interval = std::chrono::milliseconds(std::stoll(v));
@@ -54,6 +63,10 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "node: unknown option %s\n", k.c_str());
       return 2;
     }
+  }
+  if (auto err = tally::testing::finish_driver_config(cfg, opts); !err.empty()) {
+    std::fprintf(stderr, "node: %s\n", err.c_str());
+    return 2;
   }
   tally::runtime rt;
   if (auto err = rt.start(cfg); !err.empty()) {
@@ -72,12 +85,12 @@ int main(int argc, char** argv) {
     while (!finished.load()) {
       auto s = rt.snapshot();
       std::fprintf(stdout, "node: written=%llu pending=%llu flushes=%llu rows=%llu duplicates=%llu dead=%llu "
-                   "lease=%llu epoch=%llu\n",
+                   "lease=%llu epoch=%llu%s\n",
                    static_cast<unsigned long long>(s.batches_written), static_cast<unsigned long long>(s.pending_batches),
                    static_cast<unsigned long long>(s.flushes), static_cast<unsigned long long>(s.rows_upserted),
                    static_cast<unsigned long long>(s.duplicate_batches),
                    static_cast<unsigned long long>(s.dead_lettered), static_cast<unsigned long long>(s.lease_held),
-                   static_cast<unsigned long long>(s.epoch));
+                   static_cast<unsigned long long>(s.epoch), tally::testing::fleet_status(rt).c_str());
       std::fflush(stdout);
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
@@ -85,6 +98,8 @@ int main(int argc, char** argv) {
   int sig = 0;
   sigwait(&sigs, &sig);
   rt.stop(std::chrono::seconds(60));
+  // An empty state_dir is not left behind in $TMPDIR (a journal keeps it).
+  ::rmdir(cfg.state_dir.c_str());
   finished = true;
   progress.join();
   auto s = rt.snapshot();

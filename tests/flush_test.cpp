@@ -1,6 +1,6 @@
 // tests/flush_test.cpp — stage 2 against real redis-server and postgres:
 // exactly-once flushing under crashes, fencing, restarts, corrupt input and
-// a foreign writer (issue 3, "Done means").
+// a foreign writer.
 //
 // Every test ends by comparing every row of tally_spend, tally_daily and
 // tally_minute, read back with psql, with the ground truth computed
@@ -16,6 +16,7 @@
 #include "adapters/pg_client.hpp"
 #include "core/rollup.hpp"
 #include "tests/harness/servers.hpp"
+#include "tests/support/child_process.hpp"
 #include "tests/support/postgres_rows.hpp"
 #include "tests/support/workload.hpp"
 
@@ -41,13 +42,6 @@ namespace {
 constexpr uint64_t seed = 7;
 constexpr const char* ns = "t";
 
-std::string slurp(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 bool contains(const std::string& path, const std::string& text) {
   return slurp(path).find(text) != std::string::npos;
 }
@@ -68,53 +62,6 @@ std::string key(const std::string& suffix) {
   return std::string("{tally:") + ns + "}:" + suffix;
 }
 
-/// A child process (tally_driver or flush_node) with its log; SIGKILLed
-/// when the test ends, whatever happened.
-struct proc {
-  pid_t pid = -1;
-  std::string log;
-  std::string name;
-
-  bool alive() const { return pid > 0 && process_exists(pid); }
-  void signal(int sig) const {
-    if (pid > 0)
-      ::kill(pid, sig);
-  }
-  /// Last value of `field=` in a "node:"/"driver:" progress line, or -1.
-  long long stat(const std::string& field) const {
-    auto text = slurp(log);
-    auto at = text.rfind(" " + field + "=");
-    if (at == std::string::npos)
-      return -1;
-    return std::atoll(text.c_str() + at + field.size() + 2);
-  }
-};
-
-struct procs {
-  std::deque<proc> all;  // stable references
-  ~procs() {
-    for (auto& p : all)
-      if (p.pid > 0) {
-        ::kill(p.pid, SIGCONT);
-        ::kill(p.pid, SIGKILL);
-        wait_process(p.pid, 10s);
-      }
-  }
-  proc& start(const std::string& name, std::vector<std::string> args, const std::vector<std::string>& env = {}) {
-    proc p;
-    p.name = name;
-    p.log = ::testing::TempDir() + "/flush-" + name + "-" + std::to_string(getpid()) + "-"
-            + std::to_string(all.size()) + ".log";
-    std::remove(p.log.c_str());
-    if (!env.empty()) {
-      args.insert(args.begin(), env.begin(), env.end());
-      args.insert(args.begin(), "env");
-    }
-    p.pid = spawn_process(args, p.log);
-    all.push_back(p);
-    return all.back();
-  }
-};
 
 std::vector<std::string> node_args(const std::string& redis_url, const std::string& pg_url, const std::string& id,
                                    int lease_ms = 1000, int flush_ms = 100) {
@@ -186,7 +133,7 @@ void expect_one_leader_per_epoch(const postgres_server& pg) {
 TEST(Flush, ThreeInstancesMillionEventsExact) {
   redis_server redis;
   postgres_server pg;
-  procs ps;
+  procs ps("flush");
   constexpr uint64_t n = 1'000'000;
   std::vector<proc*> drivers;
   for (int k = 0; k < 3; ++k) {
@@ -215,7 +162,7 @@ TEST(Flush, ThreeInstancesMillionEventsExact) {
 TEST(Flush, LeaderKilledAtEveryFailpoint) {
   redis_server redis;
   postgres_server pg;
-  procs ps;
+  procs ps("flush");
   const std::vector<std::string> points = {"flush_after_move", "flush_before_commit", "flush_after_commit",
                                            "lease_after_acquire"};
   constexpr uint64_t slice = 12'500;
@@ -251,7 +198,7 @@ TEST(Flush, LeaderKilledAtEveryFailpoint) {
 TEST(Flush, LeaderKilledAtRandomMoments) {
   redis_server redis;
   postgres_server pg;
-  procs ps;
+  procs ps("flush");
   constexpr uint64_t slice = 20'000;
   std::vector<proc*> nodes = {&ps.start("rand-a", node_args(redis.url(), pg.url(), "a")),
                               &ps.start("rand-b", node_args(redis.url(), pg.url(), "b"))};
@@ -292,7 +239,7 @@ TEST(Flush, LeaderKilledAtRandomMoments) {
 TEST(Flush, PausedLeaderIsFenced) {
   redis_server redis;
   postgres_server pg;
-  procs ps;
+  procs ps("flush");
   constexpr uint64_t n = 50'000;
   auto& producer = ps.start("stop-producer", producer_args(redis.url(), "p", 0, n));
   auto& a = ps.start("stop-a", node_args(redis.url(), pg.url(), "a"), {"TALLY_STOPPOINT=flush_before_begin"});
@@ -315,7 +262,7 @@ TEST(Flush, PausedLeaderIsFenced) {
 TEST(Flush, PostgresRestartedMidFlush) {
   redis_server redis;
   postgres_server pg;
-  procs ps;
+  procs ps("flush");
   constexpr uint64_t slice = 50'000;
   auto& first = ps.start("pgr-producer", producer_args(redis.url(), "p1", 0, slice));
   auto& a = ps.start("pgr-a", node_args(redis.url(), pg.url(), "a"), {"TALLY_STOPPOINT=flush_before_commit"});
@@ -339,18 +286,28 @@ TEST(Flush, PostgresRestartedMidFlush) {
 TEST(Flush, RedisRestartedMidRun) {
   redis_server redis;  // appendonly yes, appendfsync always
   postgres_server pg;
-  procs ps;
+  procs ps("flush");
   constexpr uint64_t slice = 50'000;
   auto& first = ps.start("rr-producer", producer_args(redis.url(), "p1", 0, slice));
   auto& a = ps.start("rr-a", node_args(redis.url(), pg.url(), "a"));
   auto& b = ps.start("rr-b", node_args(redis.url(), pg.url(), "b"));
   ASSERT_TRUE(wait_for([&] { return a.stat("flushes") + b.stat("flushes") > 0; }, 60s));
-  auto& second = ps.start("rr-producer", producer_args(redis.url(), "p2", slice, 2 * slice));
+  auto second_dir = temp_dir("tally-state-");
+  auto second_args = producer_args(redis.url(), "p2", slice, 2 * slice);
+  second_args.insert(second_args.end(), {"--state-dir", second_dir});
+  auto& second = ps.start("rr-producer", second_args);
   redis.kill();
-  ASSERT_TRUE(wait_for([&] { return contains(second.log, "failed"); }, 30s)) << slurp(second.log);
+  // Its writes fail, or go to its spill journal (Redis seen down).
+  ASSERT_TRUE(wait_for([&] { return contains(second.log, "failed") || contains(second.log, "spill journal"); }, 30s))
+    << slurp(second.log);
   redis.start();
   expect_exit_ok(first, 120s);
   expect_exit_ok(second, 120s);
+  // A producer that stopped while Redis was still judged down left its last
+  // batches in its journal: its next start (nothing more to record) replays them.
+  auto replay_args = producer_args(redis.url(), "p2", 0, 0);
+  replay_args.insert(replay_args.end(), {"--state-dir", second_dir});
+  expect_exit_ok(ps.start("rr-replay", replay_args), 120s);
   ASSERT_TRUE(wait_for([&] { return redis_drained(redis, {"a", "b"}); }, 120s))
     << "--- a:\n" << slurp(a.log) << "\n--- b:\n" << slurp(b.log);
   stop_node(a);
@@ -364,7 +321,7 @@ TEST(Flush, RedisRestartedMidRun) {
 TEST(Flush, CorruptBatchIsDeadLettered) {
   redis_server redis;
   postgres_server pg;
-  procs ps;
+  procs ps("flush");
   constexpr uint64_t n = 20'000;
   const std::string garbage = "TLYB this is not a batch";
   ASSERT_EQ(redis_command(redis.port(), {"LPUSH", key("batches"), garbage}).type, ':');
@@ -386,7 +343,7 @@ TEST(Flush, CorruptBatchIsDeadLettered) {
 TEST(Flush, ForeignWriterNoLostIncrementsNoDeadlock) {
   redis_server redis;
   postgres_server pg;
-  procs ps;
+  procs ps("flush");
   constexpr uint64_t n = 50'000;
   auto& producer = ps.start("fw-producer", producer_args(redis.url(), "p", 0, n));
   auto& a = ps.start("fw-a", node_args(redis.url(), pg.url(), "a"));
@@ -488,7 +445,7 @@ TEST(Flush, RedisLosingBatchesIsRepairedByRetention) {
   volatile_redis.appendonly = false;
   redis_server redis(volatile_redis);
   postgres_server pg;
-  procs ps;
+  procs ps("flush");
   constexpr uint64_t n = 30'000;
   pg.stop();  // nobody can flush: the batches stay in Redis
   auto args = node_args(redis.url(), pg.url(), "p");
@@ -501,7 +458,7 @@ TEST(Flush, RedisLosingBatchesIsRepairedByRetention) {
   redis.start();  // empty: the batches are gone
   ASSERT_EQ(redis_int(redis, {"LLEN", key("batches")}), 0);
   pg.start();
-  ASSERT_TRUE(wait_for([&] { return contains(p.log, "re-pushed"); }, 60s)) << slurp(p.log);
+  ASSERT_TRUE(wait_for([&] { return p.stat("repushed") > 0; }, 60s)) << slurp(p.log);
   ASSERT_TRUE(wait_for([&] { return redis_drained(redis, {"p"}) && p.stat("flushes") > 0; }, 60s)) << slurp(p.log);
   stop_node(p);
   expect_postgres_equals(pg, reference(0, n));

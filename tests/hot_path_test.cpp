@@ -49,6 +49,7 @@ TEST(HotPath, RecordAllocatesNothingOnceWarm) {
   cfg.ns = "hot";
   cfg.instance_id = "hot";
   cfg.redis_urls = {redis.url()};
+  cfg.state_dir = tally::testing::temp_dir("tally-state-");
   cfg.buffer_interval = 50ms;
   runtime rt;
   ASSERT_EQ(rt.start(cfg), "");

@@ -43,6 +43,7 @@ public:
     : redis_(ropts) {
     cfg.ns = ns;
     cfg.redis_urls = {redis_.url()};
+    cfg.state_dir = tally::testing::temp_dir("tally-state-");
     if (cfg.buffer_interval == config{}.buffer_interval)
       cfg.buffer_interval = 100ms;
     if (auto err = start_with_io(rt_, cfg); !err.empty())
@@ -573,15 +574,17 @@ TEST(RespServer, BufferedBytesLimit) {
 
 // -- backpressure and durability ----------------------------------------------
 
-// Redis down, tiny queues: a client pipelining 60,000 events is slowed (the
-// server stops reading, the client's writes block); nothing is refused; once
-// Redis is back every event is counted exactly.
+// Redis down, tiny queues and the smallest spill journal: once the journal
+// is full a client pipelining 60,000 events is slowed (the server stops
+// reading, the client's writes block); nothing is refused; once Redis is
+// back the journal is replayed and every event is counted exactly.
 TEST(RespServer, BackpressureStopsReadingAndLosesNothing) {
   config cfg;
   cfg.shards = 1;
   cfg.queue_capacity = 1024;
   cfg.max_keys_per_shard = 1024;  // the generated events have more distinct keys
   cfg.max_pending_batches = 1;
+  cfg.journal_max_bytes = 1 << 20;
   cfg.buffer_interval = std::chrono::milliseconds(20);
   cfg.retry_backoff_max = std::chrono::milliseconds(100);
   server_fixture fx({}, cfg);

@@ -72,6 +72,24 @@ std::vector<std::string> driver_args(const std::string& url, const std::string& 
           "--threads", std::to_string(threads), "--buffer-ms", "100"};
 }
 
+/// Runs the driver `instance` once more on `state_dir`, recording nothing:
+/// its start adopts the spill journal the first run may have left (a stop
+/// while no Redis was healthy), its stop replays it into Redis.
+void replay_journal(const std::string& url, const std::string& instance, const std::string& state_dir) {
+  auto d = start_driver("replay-" + instance, {"--redis", url, "--ns", "t", "--instance", instance, "--seed", "7",
+                                               "--from", "0", "--to", "0", "--state-dir", state_dir});
+  expect_clean_exit(d, 120s);
+}
+
+/// Whether a driver has failed a stage-1 write (its progress lines count
+/// them) or sent batches to its spill journal instead.
+bool write_failed(const std::string& log) {
+  auto text = slurp(log);
+  auto at = text.rfind("stage1_failures=");
+  return (at != std::string::npos && std::atoll(text.c_str() + at + 16) > 0)
+         || text.find("spill journal") != std::string::npos;
+}
+
 } // namespace
 
 // Two runtimes in separate processes share one Redis; 4 threads (two per
@@ -95,16 +113,23 @@ TEST(Stage1, RedisStartedMidway) {
   redis_server redis;
   redis.stop();
   constexpr uint64_t n = 200'000;
-  auto a = start_driver("mid-a", driver_args(redis.url(), "a", n, 0, 2));
-  auto b = start_driver("mid-b", driver_args(redis.url(), "b", n, 1, 2));
-  // Both have tried and failed to write before Redis starts.
-  ASSERT_TRUE(wait_for([&] {
-    return slurp(a.log).find("failed") != std::string::npos && slurp(b.log).find("failed") != std::string::npos;
-  }, 60s));
+  auto dir_a = temp_dir("tally-state-"), dir_b = temp_dir("tally-state-");
+  auto args_a = driver_args(redis.url(), "a", n, 0, 2), args_b = driver_args(redis.url(), "b", n, 1, 2);
+  args_a.insert(args_a.end(), {"--state-dir", dir_a});
+  args_b.insert(args_b.end(), {"--state-dir", dir_b});
+  auto a = start_driver("mid-a", args_a);
+  auto b = start_driver("mid-b", args_b);
+  // Both have tried and failed to write before Redis starts (their batches
+  // went to their spill journals, replayed once Redis is healthy).
+  ASSERT_TRUE(wait_for([&] { return write_failed(a.log) && write_failed(b.log); }, 60s));
   redis.start();
   auto expected = reference(7, 0, n);
   expect_clean_exit(a, 120s);
   expect_clean_exit(b, 120s);
+  // A driver that stopped before its health check saw Redis again left its
+  // last batches in its journal; its next start replays them.
+  replay_journal(redis.url(), "a", dir_a);
+  replay_journal(redis.url(), "b", dir_b);
   expect_exact(read_stage1(redis.url(), "t"), expected);
 }
 
@@ -113,19 +138,22 @@ TEST(Stage1, RedisStartedMidway) {
 TEST(Stage1, RedisKilledAndRestarted) {
   redis_server redis;  // appendonly yes, appendfsync always
   constexpr uint64_t n = 600'000;
+  auto dir_a = temp_dir("tally-state-"), dir_b = temp_dir("tally-state-");
   auto args_a = driver_args(redis.url(), "a", n, 0, 2);
   auto args_b = driver_args(redis.url(), "b", n, 1, 2);
+  args_a.insert(args_a.end(), {"--state-dir", dir_a});
+  args_b.insert(args_b.end(), {"--state-dir", dir_b});
   auto a = start_driver("kill-a", args_a);
   auto b = start_driver("kill-b", args_b);
   ASSERT_TRUE(wait_for([&] { return read_stage1(redis.url(), "t").batches >= 4; }, 60s));
   redis.kill();
-  ASSERT_TRUE(wait_for([&] {
-    return slurp(a.log).find("failed") != std::string::npos || slurp(b.log).find("failed") != std::string::npos;
-  }, 60s));
+  ASSERT_TRUE(wait_for([&] { return write_failed(a.log) || write_failed(b.log); }, 60s));
   redis.start();
   auto expected = reference(7, 0, n);
   expect_clean_exit(a, 120s);
   expect_clean_exit(b, 120s);
+  replay_journal(redis.url(), "a", dir_a);
+  replay_journal(redis.url(), "b", dir_b);
   expect_exact(read_stage1(redis.url(), "t"), expected);
 }
 
@@ -136,6 +164,7 @@ config local_config(const redis_server& redis, std::chrono::milliseconds interva
   cfg.ns = "t";
   cfg.instance_id = "local";
   cfg.redis_urls = {redis.url()};
+  cfg.state_dir = tally::testing::temp_dir("tally-state-");
   cfg.buffer_interval = interval;
   return cfg;
 }
@@ -278,6 +307,7 @@ TEST(Stage1, BackpressureWhenFullNothingDropped) {
   cfg.queue_capacity = 1024;
   cfg.max_keys_per_shard = 1024;
   cfg.max_pending_batches = 2;
+  cfg.journal_max_bytes = 1 << 20;  // the spill journal fills too: then ingest pushes back
   cfg.max_batch_bytes = 4096;
   cfg.retry_backoff_max = 100ms;
   cfg.shards = 1;
@@ -302,5 +332,10 @@ TEST(Stage1, BackpressureWhenFullNothingDropped) {
   redis.start();
   rt.stop(60s);
   EXPECT_EQ(rt.snapshot().pending_batches, 0u);
+  // What the stop could not give Redis yet is in the journal: the next
+  // start on the same state_dir replays it.
+  runtime again;
+  ASSERT_EQ(again.start(cfg), "");
+  again.stop(60s);
   expect_exact(read_stage1(redis.url(), "t"), expected);
 }

@@ -5,13 +5,26 @@
 //                --from A --to B [--stride K --offset J] [--threads T]
 //                [--buffer-ms MS] [--postgres URL] [--flush-ms MS]
 //                [--lease-ms MS] [--stop-deadline-ms MS] [--durable]
+//                [--state-dir DIR] [--opt NAME=VALUE ...] [--rate EVENTS_PER_S]
+//                [--wait-applied-ms MS]
 //
+// --opt sets any tallyd option by its name in the options table (e.g.
+// --opt health_check_interval=200ms). Without --state-dir the process gets
+// a fresh spill-journal directory of its own.
 // Records events i in [from, to) with i % stride == offset, split over T
 // threads, retrying on backpressure (a gateway would). With --postgres it
 // also runs the flush supervisor. Prints one line of counters every 200 ms
 // and "driver: done" after a clean stop; exits 0 only if stop() wrote
 // everything. Tests kill it with SIGKILL at will.
+// --wait-applied-ms MS: after recording everything, wait (at most MS) until
+// a leader confirmed every batch this process wrote (producer retention
+// holds none and none is pending) before stopping, so that a producer does
+// not exit while its retention may still have to re-push batches a Redis
+// lost (fleet tests); prints "driver: all applied" or "driver: N batches
+// unconfirmed after MS ms" (not a failure by itself).
 #include "tally/tally.hpp"
+#include "tests/support/driver_config.hpp"
+#include "tests/support/fleet_status.hpp"
 #include "tests/support/workload.hpp"
 
 #include <atomic>
@@ -20,20 +33,26 @@
 #include <cstring>
 #include <string>
 #include <thread>
+#include <unistd.h>
 #include <vector>
 
 int main(int argc, char** argv) {
   tally::config cfg;
   cfg.redis_urls.clear();
   uint64_t seed = 1, from = 0, to = 0, stride = 1, offset = 0;
+  std::vector<std::pair<std::string, std::string>> opts;
   int threads = 1;
   bool durable = false;
+  double rate = 0;  // events per second over all threads; 0 = as fast as possible
   int64_t stop_deadline_ms = 60000;
+  int64_t wait_applied_ms = 0;
   cfg.buffer_interval = std::chrono::milliseconds(200);
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string k = argv[i], v = argv[i + 1];
     if (k == "--redis") cfg.redis_urls.push_back(v);
     else if (k == "--ns") cfg.ns = v;
+    else if (k == "--state-dir") cfg.state_dir = v;
+    else if (k == "--opt") opts.push_back(tally::testing::split_opt(v));
     else if (k == "--instance") cfg.instance_id = v;
     else if (k == "--seed") seed = std::stoull(v);
     else if (k == "--from") from = std::stoull(v);
@@ -47,6 +66,8 @@ int main(int argc, char** argv) {
     else if (k == "--lease-ms") cfg.lease_ttl = std::chrono::milliseconds(std::stoll(v));
     else if (k == "--stop-deadline-ms") stop_deadline_ms = std::stoll(v);
     else if (k == "--durable") durable = v == "1";
+    else if (k == "--rate") rate = std::stod(v);
+    else if (k == "--wait-applied-ms") wait_applied_ms = std::stoll(v);
     else {
       std::fprintf(stderr, "driver: unknown option %s\n", k.c_str());
       return 2;
@@ -56,6 +77,10 @@ int main(int argc, char** argv) {
     durable = true;
   cfg.retry_backoff_max = std::chrono::milliseconds(500);
   cfg.redis_timeout = std::chrono::milliseconds(500);
+  if (auto err = tally::testing::finish_driver_config(cfg, opts); !err.empty()) {
+    std::fprintf(stderr, "driver: %s\n", err.c_str());
+    return 2;
+  }
   tally::runtime rt;
   if (auto err = rt.start(cfg); !err.empty()) {
     std::fprintf(stderr, "driver: %s\n", err.c_str());
@@ -63,6 +88,7 @@ int main(int argc, char** argv) {
   }
   std::atomic<uint64_t> recorded{0};
   std::atomic<bool> failed{false};
+  const auto started = std::chrono::steady_clock::now();
   std::vector<std::thread> workers;
   for (int t = 0; t < threads; ++t) {
     workers.emplace_back([&, t] {
@@ -83,7 +109,14 @@ int main(int argc, char** argv) {
           }
           std::this_thread::sleep_for(std::chrono::microseconds(200));
         }
-        recorded.fetch_add(1, std::memory_order_relaxed);
+        uint64_t done = recorded.fetch_add(1, std::memory_order_relaxed) + 1;
+        if (rate > 0) {
+          // Paced: event k is due k/rate seconds after the start, so a slow
+          // stretch is caught up and the run spans a predictable time.
+          auto due = started + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                 std::chrono::duration<double>(static_cast<double>(done) / rate));
+          std::this_thread::sleep_until(due);
+        }
       }
     });
   }
@@ -91,13 +124,13 @@ int main(int argc, char** argv) {
   std::thread progress([&] {
     while (!finished.load()) {
       auto s = rt.snapshot();
-      std::fprintf(stdout, "driver: recorded=%llu batches=%llu stage1_failures=%llu pending=%llu flushes=%llu lease=%llu\n",
+      std::fprintf(stdout, "driver: recorded=%llu batches=%llu stage1_failures=%llu pending=%llu flushes=%llu lease=%llu%s\n",
                    static_cast<unsigned long long>(recorded.load()),
                    static_cast<unsigned long long>(s.batches_written),
                    static_cast<unsigned long long>(s.stage1_failures),
                    static_cast<unsigned long long>(s.pending_batches),
                    static_cast<unsigned long long>(s.flushes),
-                   static_cast<unsigned long long>(s.lease_held));
+                   static_cast<unsigned long long>(s.lease_held), tally::testing::fleet_status(rt).c_str());
       std::fflush(stdout);
       std::this_thread::sleep_for(std::chrono::milliseconds(200));
     }
@@ -106,7 +139,31 @@ int main(int argc, char** argv) {
     w.join();
   std::fprintf(stdout, "driver: recorded all %llu\n", static_cast<unsigned long long>(recorded.load()));
   std::fflush(stdout);
+  if (wait_applied_ms > 0) {
+    // The last events become a batch within a buffer interval or two; after
+    // that "nothing retained, nothing pending" twice in a row (retention
+    // hears of a written batch by message, a moment after the write) means
+    // every batch was seen applied.
+    auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(wait_applied_ms);
+    std::this_thread::sleep_for(3 * cfg.buffer_interval);
+    int quiet = 0;
+    while (quiet < 2 && std::chrono::steady_clock::now() < until) {
+      auto s = rt.snapshot();
+      quiet = s.retained == 0 && s.pending_batches == 0 && s.queue_depth == 0 ? quiet + 1 : 0;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    auto s = rt.snapshot();
+    if (quiet >= 2)
+      std::fprintf(stdout, "driver: all applied\n");
+    else
+      std::fprintf(stdout, "driver: %llu batches unconfirmed after %lld ms\n",
+                   static_cast<unsigned long long>(s.retained + s.pending_batches),
+                   static_cast<long long>(wait_applied_ms));
+    std::fflush(stdout);
+  }
   rt.stop(std::chrono::milliseconds(stop_deadline_ms));
+  // An empty state_dir is not left behind in $TMPDIR (a journal keeps it).
+  ::rmdir(cfg.state_dir.c_str());
   auto s = rt.snapshot();
   finished = true;
   progress.join();

@@ -10,6 +10,7 @@
 #include "adapters/redis_client.hpp"
 #include "tests/support/batches.hpp"
 #include "tests/support/postgres_rows.hpp"
+#include "tests/support/tallyd_process.hpp"
 #include "tests/support/workload.hpp"
 
 #include <httplib.h>
@@ -26,117 +27,6 @@ using namespace tally::testing;
 using namespace std::chrono_literals;
 
 namespace {
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-void write_file(const std::string& path, const std::string& text) {
-  std::ofstream out(path, std::ios::trunc | std::ios::binary);
-  out << text;
-}
-
-std::string temp_path(const std::string& name) {
-  static int counter = 0;
-  return ::testing::TempDir() + "/tallyd-test-" + std::to_string(getpid()) + "-" + std::to_string(++counter)
-         + "-" + name;
-}
-
-/// Runs a short-lived command to completion; returns (exit code, output).
-std::pair<int, std::string> run(std::vector<std::string> argv, std::chrono::milliseconds deadline = 30s) {
-  auto log = temp_path("run.log");
-  pid_t pid = spawn_process(argv, log);
-  int status = wait_process(pid, deadline);
-  if (status == -1) {
-    ::kill(pid, SIGKILL);
-    wait_process(pid, 5s);
-    return {-1, slurp(log)};
-  }
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), slurp(log)};
-}
-
-std::vector<std::string> tallyd_argv(const std::vector<std::string>& env, const std::vector<std::string>& args) {
-  // `env -i`-less `env`: the child sees this process's environment plus `env`.
-  std::vector<std::string> argv{"env"};
-  argv.insert(argv.end(), env.begin(), env.end());
-  argv.push_back(TALLYD_PATH);
-  argv.insert(argv.end(), args.begin(), args.end());
-  return argv;
-}
-
-/// One running tallyd; SIGKILLed by the destructor if a test left it running.
-struct tallyd_process {
-  pid_t pid = -1;
-  std::string log;
-  int resp_port = 0;
-  int http_port = 0;
-
-  tallyd_process(const std::vector<std::string>& args, const std::vector<std::string>& env = {}) {
-    log = temp_path("tallyd.log");
-    pid = spawn_process(tallyd_argv(env, args), log);
-  }
-  ~tallyd_process() {
-    if (pid > 0) {
-      ::kill(pid, SIGKILL);
-      wait_process(pid, 10s);
-    }
-  }
-
-  /// Waits for the "tallyd ready" line and reads the ports from it.
-  bool wait_ready(std::chrono::milliseconds deadline = 30s) {
-    static const std::regex ready(R"(tallyd ready: resp [^ ]+:(\d+) http [^ ]+:(\d+))");
-    std::smatch m;
-    bool ok = wait_for([&] {
-      if (!process_exists(pid))
-        return true;  // exited: fail at once, not at the deadline
-      auto text = slurp(log);
-      if (!std::regex_search(text, m, ready))
-        return false;
-      resp_port = std::stoi(m[1]);
-      http_port = std::stoi(m[2]);
-      return true;
-    }, deadline);
-    return ok && resp_port != 0;
-  }
-
-  /// SIGTERM, then the exit code (or -1 when it did not exit in time).
-  int terminate(std::chrono::milliseconds deadline = 60s) {
-    ::kill(pid, SIGTERM);
-    int status = wait_process(pid, deadline);
-    pid = -1;
-    if (status == -1)
-      return -1;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  }
-};
-
-struct http_reply {
-  int status = 0;
-  std::string body;
-};
-
-http_reply http_get(int port, const std::string& path) {
-  httplib::Client cli("127.0.0.1", port);
-  cli.set_connection_timeout(5);
-  cli.set_read_timeout(10);
-  auto res = cli.Get(path.c_str());
-  if (!res)
-    return {0, "request failed: " + httplib::to_string(res.error())};
-  return {res->status, res->body};
-}
-
-/// The value of one sample line (`name` includes labels), or -1.
-long long metric(const std::string& text, const std::string& name) {
-  std::istringstream in(text);
-  std::string line;
-  while (std::getline(in, line))
-    if (line.size() > name.size() && line.compare(0, name.size(), name) == 0 && line[name.size()] == ' ')
-      return std::stoll(line.substr(name.size() + 1));
-  return -1;
-}
 
 /// RESP-encodes commands, for `redis-cli --pipe`.
 std::string resp_encode(const std::vector<std::vector<std::string>>& commands) {
@@ -159,13 +49,6 @@ std::string redis_cli_pipe(int port, const std::vector<std::vector<std::string>>
   return out;
 }
 
-rollup_rows reference(uint64_t seed, uint64_t n) {
-  rollup_rows rows;
-  for (uint64_t i = 0; i < n; ++i)
-    add_reference(rows, generate(seed, i));
-  return rows;
-}
-
 /// Servers shared by the suite (an initdb per test would dominate the run).
 class Tallyd : public ::testing::Test {
 protected:
@@ -181,7 +64,7 @@ protected:
   static std::vector<std::string> base_args(const std::string& ns, bool stage2) {
     return {"--ns", ns, "--redis-urls", redis_->url(), "--postgres-url", stage2 ? postgres_->url() : "",
             "--resp-port", "0", "--http-port", "0", "--buffer-interval", "100ms", "--flush-interval", "100ms",
-            "--worker-threads", "2"};
+            "--worker-threads", "2", "--state-dir", temp_dir("tally-state-")};
   }
   static redis_server* redis_;
   static postgres_server* postgres_;
@@ -378,8 +261,14 @@ TEST_F(Tallyd, MetricsPassPromtoolAndCount) {
             metric(text, "tally_flushes_total"));
   EXPECT_GE(metric(text, "tally_epoch"), 1);
   EXPECT_EQ(metric(text, "tally_ready"), 1);
-  EXPECT_EQ(metric(text, "tally_redis_up{redis=\"127.0.0.1:" + std::to_string(redis_->port()) + "\"}"), 1);
-  EXPECT_GE(metric(text, "tally_redis_backlog_batches{redis=\"127.0.0.1:" + std::to_string(redis_->port()) + "\"}"), 0);
+  const std::string db = "{db=\"" + redis_->url() + "\"}";
+  EXPECT_EQ(metric(text, "tally_redis_up" + db), 1);
+  EXPECT_EQ(metric(text, "tally_redis_active" + db), 1);
+  EXPECT_EQ(metric(text, "tally_redis_circuit{db=\"" + redis_->url() + "\",state=\"closed\"}"), 1);
+  EXPECT_EQ(metric(text, "tally_redis_switches_total{reason=\"health_check\"}"), 0);
+  EXPECT_EQ(metric(text, "tally_journal_batches"), 0);
+  EXPECT_TRUE(wait_for([&] { return metric(http_get(d.http_port, "/metrics").body, "tally_redis_backlog_batches") >= 0; },
+                       30s));
   for (auto* family : {"tally_connections", "tally_queue_depth", "tally_duplicate_batches_total",
                        "tally_backpressure_total", "tally_protocol_errors_total"})
     EXPECT_GE(metric(text, family), 0) << family << " missing";
@@ -392,24 +281,34 @@ TEST_F(Tallyd, MetricsPassPromtoolAndCount) {
   EXPECT_EQ(d.terminate(), 0) << slurp(d.log);
 }
 
+// Readiness is "can persist" (design §7): with its only Redis down tallyd
+// stays ready, says the spill journal takes the batches, and the metrics
+// show the database down; once Redis is back (after its grace period) it is
+// active again.
 TEST_F(Tallyd, ReadyzFollowsRedis) {
   redis_server own;
   auto args = base_args("readyz", false);
-  args.insert(args.end(), {"--redis-urls", own.url(), "--redis-timeout", "200ms"});
+  args.insert(args.end(), {"--redis-urls", own.url(), "--redis-timeout", "200ms", "--health-check-interval",
+                           "100ms", "--grace-period", "500ms"});
   tallyd_process d(args);
   ASSERT_TRUE(d.wait_ready()) << slurp(d.log);
-  EXPECT_TRUE(wait_for([&] { return http_get(d.http_port, "/readyz").status == 200; }, 10s));
+  EXPECT_TRUE(wait_for([&] { return http_get(d.http_port, "/readyz").body == "ready\n"; }, 10s));
+  const std::string active = "tally_redis_active{db=\"" + own.url() + "\"}";
 
   own.stop();
   http_reply r;
-  EXPECT_TRUE(wait_for([&] { return (r = http_get(d.http_port, "/readyz")).status == 503; }, 10s)) << r.body;
-  EXPECT_NE(r.body.find("no Redis reachable"), std::string::npos) << r.body;
-  EXPECT_EQ(http_get(d.http_port, "/healthz").status, 200) << "alive while not ready";
-  EXPECT_EQ(metric(http_get(d.http_port, "/metrics").body, "tally_ready"), 0);
+  EXPECT_TRUE(wait_for([&] { return (r = http_get(d.http_port, "/readyz")).body.find("spill journal") != std::string::npos; },
+                       10s)) << r.body;
+  EXPECT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(http_get(d.http_port, "/healthz").status, 200);
+  auto text = http_get(d.http_port, "/metrics").body;
+  EXPECT_EQ(metric(text, "tally_ready"), 1);
+  EXPECT_EQ(metric(text, active), 0);
+  EXPECT_EQ(metric(text, "tally_redis_up{db=\"" + own.url() + "\"}"), 0);
 
   own.start();
-  EXPECT_TRUE(wait_for([&] { return (r = http_get(d.http_port, "/readyz")).status == 200; }, 10s)) << r.body;
-  EXPECT_EQ(r.body, "ready\n");
+  EXPECT_TRUE(wait_for([&] { return (r = http_get(d.http_port, "/readyz")).body == "ready\n"; }, 10s)) << r.body;
+  EXPECT_EQ(metric(http_get(d.http_port, "/metrics").body, active), 1);
   EXPECT_EQ(d.terminate(), 0) << slurp(d.log);
 }
 

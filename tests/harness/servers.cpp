@@ -8,6 +8,8 @@
 // not depend on hiredis/libpq, which are under test elsewhere.
 #include "tests/harness/servers.hpp"
 
+#include "core/unique_fd.hpp"
+
 #include <algorithm>
 #include <arpa/inet.h>
 #include <cerrno>
@@ -55,33 +57,6 @@ constexpr int first_start_attempts = 5;
 [[noreturn]] void throw_errno(const std::string& what) {
   throw std::runtime_error(what + ": " + std::strerror(errno));
 }
-
-/// Owns a file descriptor; closes it on destruction.
-class unique_fd {
-public:
-  unique_fd() = default;
-  explicit unique_fd(int fd) : fd_(fd) {}
-  unique_fd(unique_fd&& other) noexcept : fd_(other.release()) {}
-  unique_fd& operator=(unique_fd&& other) noexcept {
-    reset(other.release());
-    return *this;
-  }
-  unique_fd(const unique_fd&) = delete;
-  unique_fd& operator=(const unique_fd&) = delete;
-  ~unique_fd() { reset(); }
-
-  int get() const noexcept { return fd_; }
-  explicit operator bool() const noexcept { return fd_ >= 0; }
-  int release() noexcept { return std::exchange(fd_, -1); }
-  void reset(int fd = -1) noexcept {
-    if (fd_ >= 0)
-      ::close(fd_);
-    fd_ = fd;
-  }
-
-private:
-  int fd_ = -1;
-};
 
 std::string describe_status(int status) {
   if (status == -1)
@@ -717,6 +692,49 @@ std::string redis_server::url() const {
   return "redis://" + auth + "127.0.0.1:" + std::to_string(port_);
 }
 
+namespace {
+
+/// Waits until the redis-server or redis-sentinel just spawned as `pid`
+/// answers on `port`. False when the port turned out to be taken (the
+/// process exited with EADDRINUSE, or another process answers there): `pid`
+/// is then -1 and the caller tries another port. Throws with the log tail
+/// when it exits otherwise or is not ready by redis_start_deadline.
+bool await_redis(const char* what, int port, pid_t& pid, const std::string& password, const std::string& log,
+                 std::uintmax_t log_offset) {
+  const auto until = steady::now() + redis_start_deadline;
+  auto give_up = [&] {
+    kill_tree(pid);
+    pid = -1;
+  };
+  for (;;) {
+    int status = 0;
+    if (::waitpid(pid, &status, WNOHANG) == pid) {
+      pid = -1;
+      if (read_from(log, log_offset).find("Address already in use") != std::string::npos)
+        return false;
+      throw std::runtime_error(std::string(what) + " on port " + std::to_string(port) + " exited while starting ("
+                               + describe_status(status) + ")" + log_tail(log));
+    }
+    switch (probe_redis(port, password, pid)) {
+      case probe_result::ready:
+        return true;
+      case probe_result::someone_else:
+        give_up();
+        return false;
+      case probe_result::not_ready:
+        break;
+    }
+    if (steady::now() >= until) {
+      give_up();
+      throw std::runtime_error(std::string(what) + " on port " + std::to_string(port) + " not ready after "
+                               + std::to_string(redis_start_deadline.count()) + " ms" + log_tail(log));
+    }
+    std::this_thread::sleep_for(5ms);
+  }
+}
+
+} // namespace
+
 bool redis_server::try_start() {
   const std::string log = log_file();
   // The log is appended to across restarts; only this start's lines count.
@@ -746,32 +764,7 @@ bool redis_server::try_start() {
   spec.cwd = dir_;
   pid_ = spawn(spec);
 
-  const auto until = steady::now() + redis_start_deadline;
-  for (;;) {
-    int status = 0;
-    if (::waitpid(pid_, &status, WNOHANG) == pid_) {
-      pid_ = -1;
-      if (read_from(log, log_offset).find("Address already in use") != std::string::npos)
-        return false;
-      throw std::runtime_error("redis-server on port " + std::to_string(port_) + " exited while starting (" +
-                               describe_status(status) + ")" + log_tail(log));
-    }
-    switch (probe_redis(port_, opts_.requirepass, pid_)) {
-      case probe_result::ready:
-        return true;
-      case probe_result::someone_else:
-        kill();
-        return false;
-      case probe_result::not_ready:
-        break;
-    }
-    if (steady::now() >= until) {
-      kill();
-      throw std::runtime_error("redis-server on port " + std::to_string(port_) + " not ready after " +
-                               std::to_string(redis_start_deadline.count()) + " ms" + log_tail(log));
-    }
-    std::this_thread::sleep_for(5ms);
-  }
+  return await_redis("redis-server", port_, pid_, opts_.requirepass, log, log_offset);
 }
 
 void redis_server::start() {
@@ -886,33 +879,8 @@ bool redis_sentinel_server::try_start() {
   spec.cwd = dir_;
   pid_ = spawn(spec);
 
-  const auto until = steady::now() + redis_start_deadline;
-  for (;;) {
-    int status = 0;
-    if (::waitpid(pid_, &status, WNOHANG) == pid_) {
-      pid_ = -1;
-      if (read_from(log, log_offset).find("Address already in use") != std::string::npos)
-        return false;
-      throw std::runtime_error("redis-sentinel on port " + std::to_string(port_) + " exited while starting (" +
-                               describe_status(status) + ")" + log_tail(log));
-    }
-    // INFO server answers in Sentinel mode too, with its process_id.
-    switch (probe_redis(port_, requirepass_, pid_)) {
-      case probe_result::ready:
-        return true;
-      case probe_result::someone_else:
-        kill();
-        return false;
-      case probe_result::not_ready:
-        break;
-    }
-    if (steady::now() >= until) {
-      kill();
-      throw std::runtime_error("redis-sentinel on port " + std::to_string(port_) + " not ready after " +
-                               std::to_string(redis_start_deadline.count()) + " ms" + log_tail(log));
-    }
-    std::this_thread::sleep_for(5ms);
-  }
+  // INFO server answers in Sentinel mode too, with its process_id.
+  return await_redis("redis-sentinel", port_, pid_, requirepass_, log, log_offset);
 }
 
 void redis_sentinel_server::start() {

@@ -8,6 +8,19 @@
 
 namespace tally::testing {
 
+void add_batch_rows(rollup_rows& out, const adapters::batch& b) {
+  for (const auto& t : b.tables) {
+    auto& dst = out[t.name];
+    for (const auto& r : t.rows) {
+      auto& row = dst[r.keys];
+      if (row.empty())
+        row.assign(r.values.size(), 0);
+      for (size_t i = 0; i < r.values.size(); ++i)
+        row[i] += r.values[i];
+    }
+  }
+}
+
 stage1_contents read_stage1(const std::string& redis_url, const std::string& ns) {
   auto ep = adapters::parse_redis_url(redis_url);
   if (!ep)
@@ -28,16 +41,7 @@ stage1_contents read_stage1(const std::string& redis_url, const std::string& ns)
     ++out.batches;
     if (!out.ids.insert(b->id).second)
       out.duplicate_ids.push_back(b->id);
-    for (auto& t : b->tables) {
-      auto& dst = out.rows[t.name];
-      for (auto& r : t.rows) {
-        auto& row = dst[r.keys];
-        if (row.empty())
-          row.assign(r.values.size(), 0);
-        for (size_t i = 0; i < r.values.size(); ++i)
-          row[i] += r.values[i];
-      }
-    }
+    add_batch_rows(out.rows, *b);
   }
   return out;
 }

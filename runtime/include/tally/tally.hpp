@@ -9,7 +9,7 @@
 //   if (auto err = rt.start(cfg)) { ... }    // error names the bad option
 //   tally::event ev;  ev.id(tally::field::key) = "k1";  ev.spend = 420;
 //   rt.record(ev);                           // never blocks; errc::backpressure when full
-//   rt.record_durable(ev).get();             // waits until the batch is in Redis
+//   rt.record_durable(ev).get();             // waits until the batch is persisted
 //   rt.stop();                               // drains queues, writes the last batch
 #pragma once
 
@@ -25,14 +25,39 @@
 
 namespace tally {
 
+/// One change of the active Redis database (design §6), as the embedding
+/// program's callback sees it. Databases are named by their URL with any
+/// password masked; "" means none (no database healthy: batches go to the
+/// local spill journal).
+struct redis_switch {
+  std::string from;
+  std::string to;
+  /// health_check | failure_detector | fail_back | operator | sentinel
+  std::string reason;
+  std::string detail;  // what failed, or which operator command
+};
+
+/// One configured Redis database as the failover actor sees it.
+struct redis_database_status {
+  std::string url;       // as configured, password masked
+  uint32_t weight = 1;
+  std::string state;     // circuit: unknown | closed | open | half_open
+  bool active = false;
+  std::string address;   // host:port in use (a Sentinel database: the primary it resolved)
+  std::string last_error;
+  uint64_t opens = 0;    // how often its circuit opened
+};
+
 /// Everything the runtime needs, validated by runtime::start.
 struct config {
   /// Namespace: every Redis key is `{tally:<ns>}:...`; one lease per namespace.
   std::string ns = "default";
   /// This instance's id in batch ids and the registry; empty = "<host>-<pid>".
   std::string instance_id;
-  /// Redis databases as `redis://[:password@]host:port[/db]`; the first that
-  /// answers is written to (multi-database failover comes with its issue).
+  /// Redis databases, each `redis://[[user]:password@]host[:port][/db]` or
+  /// `redis+sentinel://host[:port][,host:port...]/master-name[/db]`, with an
+  /// optional `?weight=N` (1-1000000, default 1). The active database is the
+  /// highest-weight one whose circuit is closed (ties: the first listed).
   std::vector<std::string> redis_urls = {"redis://127.0.0.1:6379"};
   /// libpq connection string (URI or keywords); empty = no flushing here.
   std::string postgres_url;
@@ -64,6 +89,38 @@ struct config {
   std::chrono::milliseconds retry_backoff_min{50};
   std::chrono::milliseconds retry_backoff_max{2000};
 
+  /// Health checks of every Redis database (one health actor each): a round
+  /// of `health_check_probes` PINGs every `health_check_interval`, each
+  /// bounded by `health_check_timeout`, `health_check_probe_delay` apart,
+  /// judged by `health_check_policy` (all | majority | any must pass).
+  std::chrono::milliseconds health_check_interval{1000};
+  uint32_t health_check_probes = 3;
+  std::chrono::milliseconds health_check_probe_delay{100};
+  std::chrono::milliseconds health_check_timeout{1000};
+  std::string health_check_policy = "all";
+  /// Failure detector over the commands tally really sends: the circuit
+  /// opens when, within `failure_window`, at least `failure_min_failures`
+  /// commands failed and they were at least `failure_rate_percent` % of all.
+  std::chrono::milliseconds failure_window{5000};
+  uint32_t failure_min_failures = 3;
+  uint32_t failure_rate_percent = 10;
+  /// A database that recovered is trusted again only after it stayed
+  /// healthy this long.
+  std::chrono::milliseconds grace_period{10000};
+  /// How often (with jitter) the failover actor moves back to a strictly
+  /// better (higher-weight) healthy database; 0 = never on its own.
+  std::chrono::milliseconds auto_fallback_interval{30000};
+  /// Called on a tally thread after every switch of the active database;
+  /// it must return quickly (it runs on the failover actor's turn).
+  std::function<void(const redis_switch&)> on_redis_switch;
+
+  /// Directory of the local spill journal; empty = $STATE_DIRECTORY (set by
+  /// systemd's StateDirectory=), else $XDG_STATE_HOME/tally, else
+  /// ~/.local/state/tally, else /tmp/tally-<uid>.
+  std::string state_dir;
+  /// Size bound of the spill journal; past it ingest pushes back.
+  uint64_t journal_max_bytes = uint64_t{1} << 30;
+
   /// Stage 2 (flush supervisor); used when postgres_url is set.
   std::chrono::milliseconds flush_interval{1000};
   std::chrono::milliseconds lease_ttl{10000};
@@ -87,7 +144,7 @@ struct stats {
   uint64_t batches_written = 0;       // stage-1 LPUSHes that succeeded
   uint64_t batch_bytes_written = 0;
   uint64_t stage1_failures = 0;       // failed stage-1 write attempts
-  uint64_t pending_batches = 0;       // encoded, not yet in Redis
+  uint64_t pending_batches = 0;       // encoded, neither in Redis nor in the spill journal yet
   uint64_t queue_depth = 0;           // events in shard queues (approximate)
   uint64_t wakeups = 0;               // CAF messages sent to wake an idle aggregator
   uint64_t flushes = 0;               // committed flush transactions
@@ -96,6 +153,17 @@ struct stats {
   uint64_t dead_lettered = 0;
   uint64_t lease_held = 0;            // 1 while this instance is the leader
   uint64_t epoch = 0;                 // fencing epoch of the last lease taken
+  uint64_t redis_switches[5] = {};    // switches of the active database by reason (redis_switch_reasons)
+  uint64_t journal_batches = 0;       // batches waiting in the local spill journal
+  uint64_t journal_bytes = 0;         // its size
+  uint64_t journaled = 0;             // batches ever written to the journal
+  uint64_t replayed = 0;              // journal records pushed to Redis
+  uint64_t journal_truncated = 0;     // torn or corrupt journal tails cut off at open
+  uint64_t journal_full = 0;          // 1 while the journal refuses batches (journal_max_bytes)
+  uint64_t redis_backlog_batches = 0; // LLEN of the active database's batches list (registry heartbeat)
+  uint64_t redis_backlog_known = 0;   // 1 once the registry read it
+  uint64_t retained = 0;              // batches kept until seen applied (producer retention)
+  uint64_t repushed = 0;              // batches retention pushed again
 
   /// Committed flushes by duration (preparing + transaction): count[i] is
   /// the flushes that took at most flush_bucket_ms[i] and more than the bound
@@ -106,6 +174,10 @@ struct stats {
   uint64_t flush_duration_count[flush_buckets + 1] = {};
   uint64_t flush_duration_ms_sum = 0;
 };
+
+/// The reasons of redis_switch, in the order of stats::redis_switches.
+inline constexpr const char* redis_switch_reasons[5] = {"health_check", "failure_detector", "fail_back",
+                                                        "operator", "sentinel"};
 
 /// The embedded tally: aggregator shards, stage-1 writer, and (with a
 /// Postgres URL) the flush supervisor. Thread-safe: record() may be called
@@ -127,8 +199,9 @@ public:
   field_error record(const event& ev) noexcept;
 
   /// Like record(), but the future completes once the event's batch is in
-  /// Redis (errc::ok), or with the reason it was refused. While durable
-  /// records wait, the writer writes back to back (group commit).
+  /// Redis, or fsynced in the spill journal while no Redis is healthy
+  /// (errc::ok), or with the reason it was refused. While durable records
+  /// wait, the writer writes back to back (group commit).
   std::future<field_error> record_durable(const event& ev);
 
   /// Callback form of record_durable; `done` runs on a tally thread.
@@ -136,12 +209,29 @@ public:
 
   /// Refuses new events, drains every queue, writes the final batch, stops
   /// the flush supervisor (releasing the lease) and joins all threads.
-  /// Returns after everything accepted is in Redis, or `deadline` passed
-  /// (then the unwritten batches are reported in the log and stats).
+  /// Returns after everything accepted is in Redis, or in the spill journal
+  /// (every Redis down, or `deadline` passed: the next start replays it);
+  /// what could go to neither is reported in the log and stats.
   void stop(std::chrono::milliseconds deadline = std::chrono::seconds(30));
 
   /// The instance id in use (config or generated).
   const std::string& instance_id() const noexcept;
+
+  /// The configured Redis databases, in configuration order.
+  std::vector<redis_database_status> redis_databases() const;
+  /// Runtime management of the databases (TALLY.DB on the RESP port). Each
+  /// returns "" on success, else why it was refused. Removing the active
+  /// database switches away first; removing the last one is refused.
+  /// Promoting gives a healthy database a weight above every other one and
+  /// switches to it.
+  /// `weight` 0 = the URL's ?weight= or 1.
+  std::string add_redis_database(const std::string& url, uint32_t weight = 0);
+  std::string remove_redis_database(const std::string& url);
+  std::string set_redis_weight(const std::string& url, uint32_t weight);
+  std::string promote_redis_database(const std::string& url);
+  /// Makes the database list `urls` (as config::redis_urls): adds, removes and
+  /// re-weights what differs (tallyd's SIGHUP).
+  std::string set_redis_databases(const std::vector<std::string>& urls);
 
   stats snapshot() const noexcept;
 
