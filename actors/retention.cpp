@@ -6,6 +6,8 @@
 #include <caf/all.hpp>
 
 #include <deque>
+#include <map>
+#include <optional>
 #include <unordered_map>
 
 namespace tally {
@@ -19,6 +21,7 @@ struct retained_batch {
   uint64_t generation = 0;  // the fleet generation it was last pushed under
   int64_t written = 0;  // steady ms of the first write
   int64_t pushed = 0;   // steady ms of the last (re)push
+  int64_t copied = 0;   // steady ms of the last unconditional copy, 0 if none
 };
 
 struct retention_state {
@@ -29,6 +32,10 @@ struct retention_state {
   size_t bytes = 0;
   uint64_t timer_generation = 0;
   redis_link redis;
+  // Other reachable databases, by id: a leader reports applied batches in
+  // whatever database was active when it committed, which after a switch
+  // away and back need not be ours.
+  std::map<uint32_t, std::optional<adapters::redis_client>> others;
 };
 
 using retention_actor = caf::stateful_actor<retention_state, caf::event_based_actor>;
@@ -42,16 +49,49 @@ void forget(retention_state& st, const std::string& id) {
   st.ctx->counters->retained.store(st.batches.size(), std::memory_order_relaxed);
 }
 
-/// Forgets every batch a leader reported applied. False if it could not ask.
+void forget_all(retention_state& st, const std::vector<std::string>& ids) {
+  for (const auto& id : ids)
+    forget(st, id);
+}
+
+/// Forgets every batch a leader reported applied in the active database.
+/// False if it could not ask.
 bool forget_applied(retention_state& st) {
   auto applied = st.redis.check(st.ctx->keys.take_applied(*st.redis.client, st.ctx->instance));
   if (!applied) {
     TALLY_WARN("retention", "reading applied batch ids failed: " << applied.error().message);
     return false;
   }
-  for (const auto& id : *applied)
-    forget(st, id);
+  forget_all(st, *applied);
   return true;
+}
+
+/// The same in every other database whose circuit is not open. One that
+/// does not answer is skipped this round (its reports wait there).
+void forget_applied_elsewhere(retention_state& st) {
+  auto view = st.ctx->fleet->view();
+  auto active = view->active_db_id();
+  for (auto it = st.others.begin(); it != st.others.end();)
+    it = view->find(it->first) ? std::next(it) : st.others.erase(it);  // removed databases
+  for (const auto& db : view->dbs) {
+    if ((active && db.id == *active) || !db.endpoint || db.state == circuit_state::open) {
+      st.others.erase(db.id);
+      continue;
+    }
+    auto& client = st.others[db.id];
+    if (!client || !client->connected()) {
+      auto c = adapters::redis_client::connect(*db.endpoint, st.ctx->cfg.redis_timeout);
+      if (!c)
+        continue;
+      client.emplace(std::move(*c));
+    }
+    auto applied = st.ctx->keys.take_applied(*client, st.ctx->instance);
+    if (!applied) {
+      client.reset();
+      continue;
+    }
+    forget_all(st, *applied);
+  }
 }
 
 /// Pushes `b` again to the active database; true when the push went through
@@ -92,21 +132,29 @@ void check(retention_actor* self) {
   auto repush_after = st.ctx->cfg.repush_after.count();
   int64_t now = steady_ms();
   size_t landed = 0;
+  forget_applied_elsewhere(st);
   for (auto& [id, b] : st.batches) {
-    bool elsewhere = b.generation != st.redis.generation();
-    if (!elsewhere && now - b.pushed < repush_after)
+    bool moved = b.generation != st.redis.generation();
+    if (!moved && now - b.pushed < repush_after)
       continue;
-    // A copy, not the idempotent push, when the database changed: its
-    // written-marker may be there from before a switch away and back, while
-    // the leader reported the batch applied in the other database; the copy
-    // gets it applied (as a duplicate) and reported here. Also when long
-    // overdue even though Redis claims to know it.
-    bool copy = elsewhere || now - b.written >= 10 * repush_after;
+    // The idempotent push after a switch or a restart lands only where the
+    // batch's written-marker is missing: a database that lost data, a
+    // promoted replica behind its primary, one the batch never reached. An
+    // unconditional copy (a duplicate the Postgres dedup table skips) only
+    // for a batch long unconfirmed, in case a leader's report was lost, and
+    // then once per such period: with no leader running, copies would only
+    // pile up.
+    int64_t since = std::max(b.written, b.copied);
+    bool copy = now - since >= 10 * repush_after;
+    if (copy)
+      b.copied = now;
     if (!repush(st, id, b, copy, landed))
       break;
   }
   if (landed > 0)
-    TALLY_WARN("retention", "pushed " << landed << " batches again that redis lost or a switched-away database holds");
+    TALLY_WARN("retention", "pushed " << landed
+                                         << " batches again (the active redis lacked them, or no leader reported "
+                                            "them applied for 10 x repush_after)");
 }
 
 caf::behavior retention_behavior(retention_actor* self, flush_context_ptr ctx) {
@@ -149,7 +197,7 @@ caf::behavior retention_behavior(retention_actor* self, flush_context_ptr ctx) {
     },
     [=](active_atom, uint64_t) {
       // Re-push now what the new active database may lack; check() does it
-      // for every batch written under another generation.
+      // (idempotently) for every batch pushed under another generation.
       check(self);
     },
   };

@@ -5,24 +5,26 @@
 // Runs on every instance, producer-only ones too (they have no Postgres to
 // ask). The stage-1 writer hands over every batch it wrote (id, bytes, and
 // the database it went to). A leader, after each committed flush, adds the
-// ids it applied (new or duplicate) to `{tally:<ns>}:applied:<producer>`;
-// every second retention takes that set from the active database and
-// forgets those batches. Losing the set (a Redis restart) only costs a
-// re-push that the Postgres dedup table skips.
+// ids it applied (new or duplicate) to `{tally:<ns>}:applied:<producer>`
+// in the database active for it; every second retention takes that set from
+// every database whose circuit is not open (after a switch away and back
+// the report may sit in the other one) and forgets those batches. Losing
+// the set (a Redis restart) only costs a re-push that the Postgres dedup
+// table skips.
 //
-// Pushed again:
-//   * at once, as a copy, every batch written before the active database
-//     (or, for a Sentinel database, its primary) changed: a dead database
+// Pushed again through the idempotent stage-1 push, which lands only where
+// the batch's written-marker is missing:
+//   * at once, every batch pushed before the active database (or, for a
+//     Sentinel database, its primary) changed or came back: a dead database
 //     takes its batches with it, a promoted replica may lack the newest
-//     writes, and after a switch away and back the leader may have reported
-//     the batch applied in the other database only; nothing waits for
-//     repush_after;
-//   * through the idempotent stage-1 push (it lands only if Redis lost the
-//     batch's written-marker), any batch not applied within repush_after
-//     (Redis restarted without persistence);
-//   * as a copy, a batch still unapplied after 10 x repush_after even if
-//     Redis claims to know it (it may have been lost after the marker).
-// The Postgres dedup table makes every copy harmless.
+//     writes, a restarted one may have lost them; one that kept them
+//     (persistence, or merely a network blip) keeps them once;
+//   * any batch not applied within repush_after (Redis lost data without
+//     anyone noticing a failure).
+// As an unconditional copy, once per 10 x repush_after, a batch still
+// unapplied that long even though Redis claims to know it (a report may have
+// been lost with a database). The Postgres dedup table makes every copy
+// harmless; stage 1 stays free of duplicates otherwise.
 //
 // Memory is bounded (retention_max_bytes); past the bound the oldest batches
 // are forgotten with a warning (they are in Redis; only a later loss of that

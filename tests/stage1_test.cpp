@@ -240,6 +240,46 @@ TEST(Stage1, BadEventsRefusedGoodOnesExact) {
   expect_exact(read_stage1(redis.url(), "t"), expected);
 }
 
+// Redis is killed and restarted with its data (append-only file) while its
+// batches wait for a leader (there is none here). When the database is
+// active again retention re-pushes every retained batch at once, through
+// the idempotent push: Redis, which kept them, still holds each batch once.
+TEST(Stage1, RestartedRedisKeepsEachBatchOnce) {
+  redis_server redis;  // appendonly yes, appendfsync always
+  auto cfg = local_config(redis, 50ms);
+  cfg.health_check_interval = 100ms;
+  cfg.grace_period = 300ms;
+  runtime rt;
+  ASSERT_EQ(rt.start(cfg), "");
+  rollup_rows expected;
+  uint64_t i = 0;
+  auto record = [&](uint64_t n) {
+    for (uint64_t end = i + n; i < end; ++i) {
+      auto ev = generate(17, i);
+      while (rt.record(ev.view()).code == errc::backpressure)
+        std::this_thread::yield();
+      add_reference(expected, ev);
+    }
+  };
+  auto db_state = [&] {
+    auto dbs = rt.redis_databases();
+    return dbs.size() == 1 ? dbs[0].state + (dbs[0].active ? "/active" : "") : std::string("?");
+  };
+  record(20'000);
+  ASSERT_TRUE(wait_for([&] { return rt.snapshot().pending_batches == 0 && rt.snapshot().retained > 0; }, 20s));
+  redis.kill();
+  ASSERT_TRUE(wait_for([&] { return db_state() == "open"; }, 20s)) << db_state();
+  redis.start();
+  ASSERT_TRUE(wait_for([&] { return db_state() == "closed/active"; }, 20s)) << db_state();
+  // Retention re-pushes on the switch and checks every second: let it have
+  // both chances.
+  std::this_thread::sleep_for(2500ms);
+  record(5'000);
+  rt.stop();
+  EXPECT_EQ(rt.snapshot().repushed, 0u) << "retention pushed batches Redis still had";
+  expect_exact(read_stage1(redis.url(), "t"), expected);
+}
+
 // A durable record completes only once its batch is in Redis, and does not
 // wait out a long buffer interval (group commit).
 TEST(Stage1, DurableRecordWaitsForRedisNotForTheInterval) {
