@@ -219,7 +219,7 @@ cycle_result run_cycle(flusher_actor* self, source_io& io) {
   std::unordered_set<std::string> seen;
   size_t dead = 0;
   for (const auto& item : *items) {
-    auto b = adapters::decode_batch(item);
+    auto b = adapters::decode_batch(item, adapters::check_table_shape);
     std::string bad = !b ? std::string("decode: ") + adapters::to_string(static_cast<adapters::codec_errc>(b.error().code))
                              + " (" + b.error().message + ")"
                          : adapters::check_batch_shape(*b);

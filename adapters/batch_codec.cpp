@@ -1,6 +1,7 @@
 // adapters/batch_codec.cpp — see batch_codec.hpp for the format.
 #include "adapters/batch_codec.hpp"
 
+#include <algorithm>
 #include <cstring>
 
 #define XXH_INLINE_ALL
@@ -69,12 +70,16 @@ public:
     pos_ += n;
     return true;
   }
+  /// A zigzag varint of at most 128 bits: 19 bytes, the last carrying at
+  /// most 2 bits. A longer or overflowing one is refused, not truncated.
   bool get_varint(__int128& v) {
     unsigned __int128 z = 0;
     for (int shift = 0; shift < 133; shift += 7) {
       if (pos_ >= data_.size())
         return false;
       auto byte = static_cast<uint8_t>(data_[pos_++]);
+      if (shift == 126 && byte > 0x03)
+        return false;
       z |= static_cast<unsigned __int128>(byte & 0x7F) << shift;
       if ((byte & 0x80) == 0) {
         v = static_cast<__int128>(z >> 1) ^ -static_cast<__int128>(z & 1);
@@ -83,6 +88,7 @@ public:
     }
     return false;
   }
+  size_t left() const { return data_.size() - pos_; }
   bool at_end() const { return pos_ == data_.size(); }
 
 private:
@@ -181,6 +187,8 @@ result<std::string_view> verified_payload(std::string_view bytes) {
   auto version = static_cast<uint8_t>(bytes[4]);
   if (version != batch_format_version)
     return fail(codec_errc::unknown_version, "version " + std::to_string(version));
+  if (bytes[5] != 0 || bytes[6] != 0 || bytes[7] != 0)
+    return fail(codec_errc::malformed, "flags or reserved bytes set (this version defines none)");
   uint32_t length = 0;
   uint64_t checksum = 0;
   std::memcpy(&length, bytes.data() + 8, 4);
@@ -207,7 +215,7 @@ result<std::string> peek_batch_id(std::string_view bytes) {
   return id;
 }
 
-result<batch> decode_batch(std::string_view bytes) {
+result<batch> decode_batch(std::string_view bytes, const table_check& check) {
   auto payload = verified_payload(bytes);
   if (!payload)
     return payload.error();
@@ -218,28 +226,44 @@ result<batch> decode_batch(std::string_view bytes) {
     return fail(codec_errc::truncated, "batch header");
   if (b.id.empty())
     return fail(codec_errc::malformed, "empty batch id");
-  b.tables.resize(ntables);
-  for (auto& t : b.tables) {
+  // The smallest table: empty name, no columns, a row count.
+  constexpr size_t min_table_bytes = 2 + 1 + 1 + 4;
+  if (ntables > in.left() / min_table_bytes)
+    return fail(codec_errc::malformed, std::to_string(ntables) + " tables in " + std::to_string(in.left()) + " bytes");
+  b.tables.reserve(std::min<size_t>(ntables, 8));  // grows with tables actually read
+  for (uint16_t ti = 0; ti < ntables; ++ti) {
+    auto& t = b.tables.emplace_back();
     uint8_t nkeys = 0, nmeasures = 0;
     uint32_t nrows = 0;
     if (!in.get_str(t.name) || !in.get(nkeys))
       return fail(codec_errc::truncated, "table header");
+    // A column name takes at least its 2 length bytes.
+    if (nkeys > in.left() / 2)
+      return fail(codec_errc::truncated, "key column names");
     t.key_columns.resize(nkeys);
     for (auto& c : t.key_columns)
       if (!in.get_str(c))
         return fail(codec_errc::truncated, "key column name");
     if (!in.get(nmeasures))
       return fail(codec_errc::truncated, "measure count");
+    if (nmeasures > in.left() / 2)
+      return fail(codec_errc::truncated, "measure column names");
     t.measure_columns.resize(nmeasures);
     for (auto& c : t.measure_columns)
       if (!in.get_str(c))
         return fail(codec_errc::truncated, "measure column name");
     if (!in.get(nrows))
       return fail(codec_errc::truncated, "row count");
-    // Every row takes at least one byte per measure: bound the allocation
-    // by what the payload could possibly hold.
-    if (nrows > payload->size())
-      return fail(codec_errc::malformed, "row count " + std::to_string(nrows));
+    if (check) {
+      if (auto why = check(t); !why.empty())
+        return fail(codec_errc::malformed, why);
+    }
+    // A row takes at least 2 bytes per key and 1 per measure; a table whose
+    // rows would take none cannot hold any.
+    size_t min_row_bytes = 2 * size_t{nkeys} + nmeasures;
+    if (nrows > 0 && (min_row_bytes == 0 || nrows > in.left() / min_row_bytes))
+      return fail(codec_errc::malformed, "table '" + t.name + "': " + std::to_string(nrows) + " rows of at least "
+                                           + std::to_string(min_row_bytes) + " bytes in " + std::to_string(in.left()));
     t.rows.resize(nrows);
     for (auto& r : t.rows) {
       r.keys.resize(nkeys);
@@ -249,7 +273,7 @@ result<batch> decode_batch(std::string_view bytes) {
       r.values.resize(nmeasures);
       for (auto& v : r.values)
         if (!in.get_varint(v))
-          return fail(codec_errc::truncated, "row measure");
+          return fail(codec_errc::truncated, "row measure (cut off, or longer than 128 bits)");
     }
   }
   if (!in.at_end())

@@ -12,14 +12,21 @@
 //                        per row: str key* | zigzag-varint128 measure*
 //   str = u16 length | bytes
 //
-// The decoder checks everything (magic, version, length, checksum, every
-// bound) and returns an error instead of guessing; a batch that fails goes to
-// the dead-letter list, never silently away.
+// The decoder checks everything (magic, version, flags and reserved bytes,
+// length, checksum, every bound) and returns an error instead of guessing; a
+// batch that fails goes to the dead-letter list, never silently away.
+//
+// XXH3 is not keyed: anything that can write to the stage-1 list can forge a
+// valid checksum. So the decoder never allocates for a count it has not
+// bounded by the bytes left (each count times its element's smallest
+// encoding), and a caller can check each table's shape before its rows are
+// built. Memory is then at most a small multiple of the input size.
 #pragma once
 
 #include "core/result.hpp"
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -63,8 +70,13 @@ struct batch {
 /// Encodes `b` (never fails: the writer only builds valid batches).
 std::string encode_batch(const batch& b);
 
-/// Decodes and verifies one encoded batch.
-result<batch> decode_batch(std::string_view bytes);
+/// Checks a table's header (name and columns; rows still empty) before its
+/// rows are read: "" to go on, else why the batch is refused (malformed).
+using table_check = std::function<std::string(const batch_table&)>;
+
+/// Decodes and verifies one encoded batch; `check`, when set, vets every
+/// table before its rows are allocated.
+result<batch> decode_batch(std::string_view bytes, const table_check& check = {});
 
 /// Reads only the id of an encoded batch (after verifying its checksum).
 result<std::string> peek_batch_id(std::string_view bytes);

@@ -94,14 +94,20 @@ error_info with_context(const error_info& e, const std::string& what) {
 
 } // namespace
 
-std::string check_batch_shape(const batch& b) {
+std::string check_table_shape(const batch_table& t) {
   const auto& specs = rollup_specs();
+  int i = spec_index(t.name);
+  if (i < 0)
+    return "unknown rollup table '" + t.name + "'";
+  if (t.key_columns != specs[i].key_columns() || t.measure_columns != specs[i].measure_columns())
+    return "columns of '" + t.name + "' differ from this build's rollup";
+  return {};
+}
+
+std::string check_batch_shape(const batch& b) {
   for (const auto& t : b.tables) {
-    int i = spec_index(t.name);
-    if (i < 0)
-      return "unknown rollup table '" + t.name + "'";
-    if (t.key_columns != specs[i].key_columns() || t.measure_columns != specs[i].measure_columns())
-      return "columns of '" + t.name + "' differ from this build's rollup";
+    if (auto why = check_table_shape(t); !why.empty())
+      return why;
     for (const auto& row : t.rows)
       if (row.keys.size() != t.key_columns.size() || row.values.size() != t.measure_columns.size())
         return "a row of '" + t.name + "' has the wrong number of columns";

@@ -102,6 +102,11 @@ struct merged_row {
 /// Rows per rollup (index = rollup_specs() index), merged and sorted by key.
 using merged_tables = std::vector<std::vector<merged_row>>;
 
+/// "" when `t` (its header: name and columns) is a rollup of this build
+/// with the same columns; else why not. Given to decode_batch, it refuses a
+/// foreign table before any of its rows is allocated.
+std::string check_table_shape(const batch_table& t);
+
 /// "" when every table of `b` is a rollup of this build with the same
 /// columns; else why not (such a batch cannot be applied and is dead-lettered).
 std::string check_batch_shape(const batch& b);

@@ -1,5 +1,4 @@
-// tests/core_test.cpp — intern_table, flat_map, rollup fan-out, batch codec.
-#include "adapters/batch_codec.hpp"
+// tests/core_test.cpp — intern_table, flat_map, rollup fan-out.
 #include "core/flat_map.hpp"
 #include "core/intern_table.hpp"
 #include "core/rollup.hpp"
@@ -115,74 +114,3 @@ TEST(Rollup, SpecsDescribeTheTables) {
             (std::vector<std::string>{"prompt_tokens", "completion_tokens", "total_tokens", "requests"}));
 }
 
-namespace {
-adapters::batch sample_batch() {
-  adapters::batch b;
-  b.id = "inst:42";
-  b.created_ms = 1795391400123;
-  adapters::batch_table t{"tally_spend", {"entity_type", "scope", "entity_id"}, {"spend", "requests"}, {}};
-  for (int i = 0; i < 100; ++i) {
-    __int128 big = static_cast<__int128>(1) << 100;
-    t.rows.push_back({{"user", "", "u\"" + std::to_string(i)}, {big + i, -i}});
-  }
-  b.tables.push_back(t);
-  b.tables.push_back({"tally_minute", {"minute"}, {"requests"}, {{{"2026-11-22 23:50:00+00"}, {7}}}});
-  return b;
-}
-} // namespace
-
-TEST(BatchCodec, RoundTrip) {
-  auto b = sample_batch();
-  auto bytes = adapters::encode_batch(b);
-  auto back = adapters::decode_batch(bytes);
-  ASSERT_TRUE(back) << back.error().message;
-  EXPECT_EQ(back->id, b.id);
-  EXPECT_EQ(back->created_ms, b.created_ms);
-  ASSERT_EQ(back->tables.size(), 2u);
-  EXPECT_EQ(back->tables[0].rows.size(), 100u);
-  EXPECT_EQ(back->tables[0].rows[5].keys[2], "u\"5");
-  EXPECT_TRUE(back->tables[0].rows[5].values[0] == (static_cast<__int128>(1) << 100) + 5);
-  EXPECT_TRUE(back->tables[0].rows[5].values[1] == -5);
-  auto id = adapters::peek_batch_id(bytes);
-  ASSERT_TRUE(id);
-  EXPECT_EQ(*id, "inst:42");
-}
-
-TEST(BatchCodec, RefusesEveryCorruption) {
-  auto bytes = adapters::encode_batch(sample_batch());
-  auto code = [](std::string_view data) {
-    auto r = adapters::decode_batch(data);
-    return r ? adapters::codec_errc::ok : static_cast<adapters::codec_errc>(r.error().code);
-  };
-  EXPECT_EQ(code(bytes.substr(0, 10)), adapters::codec_errc::too_short);
-  auto bad_magic = bytes;
-  bad_magic[0] = 'X';
-  EXPECT_EQ(code(bad_magic), adapters::codec_errc::bad_magic);
-  auto bad_version = bytes;
-  bad_version[4] = 9;
-  EXPECT_EQ(code(bad_version), adapters::codec_errc::unknown_version);
-  EXPECT_EQ(code(bytes.substr(0, bytes.size() - 1)), adapters::codec_errc::bad_length);
-  // Flip every payload byte in turn: the checksum catches each.
-  for (size_t i = 20; i < bytes.size(); i += 7) {
-    auto flipped = bytes;
-    flipped[i] ^= 0x40;
-    EXPECT_EQ(code(flipped), adapters::codec_errc::bad_checksum) << "byte " << i;
-  }
-  EXPECT_EQ(code(std::string_view{}), adapters::codec_errc::too_short);
-}
-
-TEST(BatchCodec, SplitKeepsEveryRowUnderTheLimit) {
-  auto b = sample_batch();
-  size_t total_rows = b.row_count();
-  auto parts = adapters::split_batch(b, 1024);
-  ASSERT_GT(parts.size(), 2u);
-  size_t rows = 0;
-  for (auto& p : parts) {
-    p.id = "x:1";
-    EXPECT_LE(adapters::encode_batch(p).size(), 1024u + 64);
-    rows += p.row_count();
-  }
-  EXPECT_EQ(rows, total_rows);
-  auto one = adapters::split_batch(sample_batch(), 1 << 20);
-  EXPECT_EQ(one.size(), 1u);
-}
