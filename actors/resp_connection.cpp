@@ -1005,7 +1005,12 @@ private:
       text += "\r\n";
     };
     line("events_accepted", s.events_accepted);
-    line("events_rejected", s.events_rejected);
+    // Refused over RESP, all reasons, as tally_events_rejected_total counts
+    // them: most are refused while the command is read, before the runtime
+    // sees an event. The runtime's own count (embedded callers included)
+    // is validation_failures, as in /metrics.
+    line("events_rejected", m.rejections_total());
+    line("validation_failures", s.events_rejected);
     line("events_backpressured", s.events_backpressured);
     line("batches_written", s.batches_written);
     line("batch_bytes_written", s.batch_bytes_written);

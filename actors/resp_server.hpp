@@ -50,6 +50,15 @@ struct resp_metrics {
   uint64_t output_pauses = 0;         // times a connection stopped reading: replies unsent
   uint64_t idle_closes = 0;           // connections closed by idle_timeout
   uint64_t buffer_limit_closes = 0;   // connections closed by max_buffered_bytes
+
+  /// Every TALLY.RECORD refused, all reasons: the sum of
+  /// tally_events_rejected_total, what TALLY.STATUS reports.
+  uint64_t rejections_total() const noexcept {
+    uint64_t n = 0;
+    for (size_t i = 1; i < errc_slots; ++i)
+      n += rejections[i];
+    return n;
+  }
 };
 
 /// Reads the counters of all listeners in this process.

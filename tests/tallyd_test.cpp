@@ -248,6 +248,11 @@ TEST_F(Tallyd, MetricsPassPromtoolAndCount) {
   EXPECT_EQ(metric(text, "tally_events_rejected_total{reason=\"unknown_field\"}"), 1);
   EXPECT_EQ(metric(text, "tally_events_rejected_total{reason=\"negative_value\"}"), 1);
   EXPECT_EQ(metric(text, "tally_events_rejected_total{reason=\"bad_number\"}"), 0);
+  // TALLY.STATUS counts refusals as the metric does (both were refused
+  // while the command was read, before the runtime saw an event).
+  auto [scode, status] = run({"redis-cli", "-h", "127.0.0.1", "-p", std::to_string(d.resp_port), "TALLY.STATUS"});
+  EXPECT_NE(status.find("events_rejected:2\r"), std::string::npos) << status;
+  EXPECT_NE(status.find("validation_failures:0\r"), std::string::npos) << status;
   EXPECT_GE(metric(text, "tally_connections_accepted_total"), good + 2);
   EXPECT_GE(metric(text, "tally_batches_written_total"), 1);
   EXPECT_GE(metric(text, "tally_batch_bytes_written_total"), 1);
