@@ -5,6 +5,8 @@
 
 #include <caf/all.hpp>
 
+#include <algorithm>
+
 #include <unistd.h>
 
 namespace tally {
@@ -20,6 +22,8 @@ struct registry_state {
   std::string host;
   uint64_t timer_generation = 0;
   bool stopped = false;
+  cluster_view last_view;   // reused for a second
+  int64_t last_view_at = 0; // steady ms; 0 = none
 };
 
 using registry_actor = caf::stateful_actor<registry_state, caf::event_based_actor>;
@@ -49,6 +53,7 @@ void beat(registry_actor* self) {
   stats events;
   st.ctx->ingest->add_counters(events);
   rec.events_accepted = events.events_accepted;
+  rec.epoch = rec.role == "leader" ? st.ctx->counters->epoch.load() : 0;
   auto r = st.redis.check(st.ctx->keys.heartbeat(*st.redis.client, rec, st.ctx->cfg.lease_ttl));
   if (!r) {
     TALLY_WARN("registry", "heartbeat failed: " << r.error().message);
@@ -59,6 +64,51 @@ void beat(registry_actor* self) {
     st.ctx->counters->redis_backlog_batches.store(static_cast<uint64_t>(*backlog));
     st.ctx->counters->redis_backlog_known.store(1);
   }
+}
+
+/// The lease value is `<instance>:<nonce>`; the nonce has no colon.
+std::string holder_of(const std::string& lease_value) {
+  auto colon = lease_value.rfind(':');
+  return colon == std::string::npos ? lease_value : lease_value.substr(0, colon);
+}
+
+cluster_view read_cluster(registry_actor* self) {
+  auto& st = self->state;
+  cluster_view v;
+  v.read_at_ms = wall_ms();
+  if (!st.redis.ensure()) {
+    v.error = "no healthy redis database";
+    return v;
+  }
+  auto lease = st.redis.check(st.ctx->keys.lease_holder(*st.redis.client));
+  if (!lease) {
+    v.error = "reading the lease: " + lease.error().message;
+    return v;
+  }
+  v.leader = holder_of(*lease);
+  auto records = st.redis.check(st.ctx->keys.read_instances(*st.redis.client));
+  if (!records) {
+    v.error = "reading the registry: " + records.error().message;
+    return v;
+  }
+  for (auto& r : *records) {
+    instance_info i;
+    i.id = std::move(r.id);
+    i.host = std::move(r.host);
+    i.pid = r.pid;
+    i.version = std::move(r.version);
+    i.started_ms = r.started_ms;
+    i.heartbeat_age_ms = std::max<int64_t>(0, v.read_at_ms - r.heartbeat_ms);
+    i.leader = !v.leader.empty() && i.id == v.leader;
+    i.role = std::move(r.role);
+    i.active_db = std::move(r.active_db);
+    i.events_accepted = r.events_accepted;
+    i.epoch = r.epoch;
+    if (i.leader)
+      v.epoch = i.epoch;
+    v.instances.push_back(std::move(i));
+  }
+  return v;
 }
 
 caf::behavior registry_behavior(registry_actor* self, flush_context_ptr ctx) {
@@ -81,6 +131,15 @@ caf::behavior registry_behavior(registry_actor* self, flush_context_ptr ctx) {
       // or it would take this instance's inflight list for an orphan's.
       if (!self->state.stopped)
         beat(self);
+    },
+    [=](cluster_atom, const cluster_reply& reply) {
+      auto& s = self->state;
+      int64_t now = steady_ms();
+      if (s.last_view_at == 0 || now - s.last_view_at >= 1000 || !s.last_view.error.empty()) {
+        s.last_view = read_cluster(self);
+        s.last_view_at = now;
+      }
+      reply->set_value(s.last_view);
     },
     [=](fstop_atom) -> bool {
       auto& s = self->state;

@@ -527,6 +527,13 @@ private:
       redis_db(b, args);
       return true;
     }
+    if (equals_upper(name, "TALLY.INSTANCES") || equals_upper(name, "TALLY.LEADER")) {
+      if (args.size() != 1)
+        wrong_args(b, equals_upper(name, "TALLY.LEADER") ? "tally.leader" : "tally.instances");
+      else
+        cluster(b, equals_upper(name, "TALLY.LEADER"));
+      return true;
+    }
     if (equals_upper(name, "ECHO")) {
       if (args.size() == 2)
         put_bulk(b, args[1]);
@@ -918,6 +925,55 @@ private:
     text += "total_commands_processed:" + std::to_string(m.commands) + "\r\n";
     text += "rejected_connections:" + std::to_string(m.connections_refused) + "\r\n";
     put_bulk(b, text);
+  }
+
+  /// TALLY.INSTANCES: every live instance of the namespace, an array of
+  /// field/value arrays (as TALLY.DB LIST). TALLY.LEADER: the lease holder
+  /// and its epoch ("" and 0 when nobody holds the lease). Both read the
+  /// registry in the active Redis database, at most once a second per
+  /// instance (runtime::cluster); an operator command, not the ingest path.
+  void cluster(std::vector<char>& b, bool leader_only) {
+    auto v = st_.ctx->rt->cluster();
+    if (!v.error.empty()) {
+      put(b, "-ERR ");
+      put_sanitized(b, v.error, 512);
+      put(b, "\r\n");
+      return;
+    }
+    if (leader_only) {
+      put_int(b, '*', 4);
+      put_bulk(b, "instance");
+      put_bulk(b, v.leader);
+      put_bulk(b, "epoch");
+      put_int(b, ':', static_cast<int64_t>(v.epoch));
+      return;
+    }
+    put_int(b, '*', static_cast<int64_t>(v.instances.size()));
+    for (const auto& i : v.instances) {
+      put_int(b, '*', 22);
+      put_bulk(b, "id");
+      put_bulk(b, i.id);
+      put_bulk(b, "host");
+      put_bulk(b, i.host);
+      put_bulk(b, "pid");
+      put_int(b, ':', static_cast<int64_t>(i.pid));
+      put_bulk(b, "version");
+      put_bulk(b, i.version);
+      put_bulk(b, "started_ms");
+      put_int(b, ':', i.started_ms);
+      put_bulk(b, "heartbeat_age_ms");
+      put_int(b, ':', i.heartbeat_age_ms);
+      put_bulk(b, "leader");
+      put_int(b, ':', i.leader ? 1 : 0);
+      put_bulk(b, "role");
+      put_bulk(b, i.role);
+      put_bulk(b, "active_db");
+      put_bulk(b, i.active_db);
+      put_bulk(b, "events_accepted");
+      put_int(b, ':', static_cast<int64_t>(i.events_accepted));
+      put_bulk(b, "epoch");
+      put_int(b, ':', static_cast<int64_t>(i.epoch));
+    }
   }
 
   /// TALLY.DB LIST | ADD url [weight] | REMOVE url | WEIGHT url weight |

@@ -225,13 +225,14 @@ result<std::string> redis_keyspace::lease_holder(redis_client& c) const {
 
 status redis_keyspace::heartbeat(redis_client& c, const instance_record& rec, std::chrono::milliseconds ttl) const {
   auto pid = std::to_string(rec.pid), started = std::to_string(rec.started_ms),
-       beat = std::to_string(rec.heartbeat_ms), events = std::to_string(rec.events_accepted);
+       beat = std::to_string(rec.heartbeat_ms), events = std::to_string(rec.events_accepted),
+       epoch = std::to_string(rec.epoch);
   auto key = instance(rec.id);
   auto ttl_text = ms_text(ttl);
   auto r = c.command({"EVAL", heartbeat_script, "2", key, instances(), ttl_text, rec.id,
                       "host", rec.host, "pid", pid, "version", rec.version, "started_ms", started,
                       "heartbeat_ms", beat, "role", rec.role, "active_db", rec.active_db,
-                      "events_accepted", events});
+                      "events_accepted", events, "epoch", epoch});
   if (!r)
     return r.error();
   return {};
@@ -283,6 +284,7 @@ result<std::vector<instance_record>> redis_keyspace::read_instances(redis_client
       else if (name == "role") rec.role = value;
       else if (name == "active_db") rec.active_db = value;
       else if (name == "events_accepted") rec.events_accepted = static_cast<uint64_t>(to_int64(value));
+      else if (name == "epoch") rec.epoch = static_cast<uint64_t>(to_int64(value));
     }
     out.push_back(std::move(rec));
   }

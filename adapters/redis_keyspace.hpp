@@ -47,6 +47,7 @@ struct instance_record {
   std::string role;          // leader | flusher | producer
   std::string active_db;     // the database this instance writes to (password masked), "" = none
   uint64_t events_accepted = 0;
+  uint64_t epoch = 0;        // a leader's fencing epoch; 0 when it does not lead
 };
 
 class redis_keyspace {

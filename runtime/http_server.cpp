@@ -9,6 +9,7 @@
 #include <httplib.h>
 
 #include <atomic>
+#include <cstdio>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -65,12 +66,92 @@ struct ops_http_server::impl {
     return m;
   }
 
+  /// JSON string: quotes, backslashes and control characters escaped (ids
+  /// are validated, but host names and error texts come from elsewhere).
+  static void json_string(std::string& out, const std::string& s) {
+    out += '"';
+    for (unsigned char c : s) {
+      if (c == '"' || c == '\\') {
+        out += '\\';
+        out += static_cast<char>(c);
+      } else if (c < 0x20) {
+        char buf[8];
+        std::snprintf(buf, sizeof buf, "\\u%04x", c);
+        out += buf;
+      } else {
+        out += static_cast<char>(c);
+      }
+    }
+    out += '"';
+  }
+
+  static std::string cluster_json(const cluster_view& v) {
+    std::string out = "{";
+    auto field = [&](const char* name, bool first = false) {
+      if (!first)
+        out += ',';
+      out += '"';
+      out += name;
+      out += "\":";
+    };
+    if (!v.error.empty()) {
+      field("error", true);
+      json_string(out, v.error);
+      return out + "}\n";
+    }
+    field("leader", true);
+    out += '{';
+    field("instance", true);
+    json_string(out, v.leader);
+    field("epoch");
+    out += std::to_string(v.epoch);
+    out += '}';
+    field("read_at_ms");
+    out += std::to_string(v.read_at_ms);
+    field("instances");
+    out += '[';
+    for (size_t n = 0; n < v.instances.size(); ++n) {
+      const auto& i = v.instances[n];
+      out += n ? ",{" : "{";
+      field("id", true);
+      json_string(out, i.id);
+      field("host");
+      json_string(out, i.host);
+      field("pid");
+      out += std::to_string(i.pid);
+      field("version");
+      json_string(out, i.version);
+      field("started_ms");
+      out += std::to_string(i.started_ms);
+      field("heartbeat_age_ms");
+      out += std::to_string(i.heartbeat_age_ms);
+      field("leader");
+      out += i.leader ? "true" : "false";
+      field("role");
+      json_string(out, i.role);
+      field("active_db");
+      json_string(out, i.active_db);
+      field("events_accepted");
+      out += std::to_string(i.events_accepted);
+      field("epoch");
+      out += std::to_string(i.epoch);
+      out += '}';
+    }
+    return out + "]}\n";
+  }
+
   void routes() {
     server.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
       res.set_content(render_metrics(gather()), "text/plain; version=0.0.4; charset=utf-8");
     });
     server.Get("/healthz", [](const httplib::Request&, httplib::Response& res) {
       res.set_content("ok\n", "text/plain");
+    });
+    server.Get("/v1/instances", [this](const httplib::Request&, httplib::Response& res) {
+      auto v = rt.cluster();
+      if (!v.error.empty())
+        res.status = 503;
+      res.set_content(cluster_json(v), "application/json");
     });
     server.Get("/readyz", [this](const httplib::Request&, httplib::Response& res) {
       auto dbs = rt.redis_databases();
@@ -125,7 +206,7 @@ std::string ops_http_server::start() {
     if (!p.server.listen_after_bind() && !p.stopping.load())
       TALLY_ERROR("http", "listener stopped unexpectedly");
   });
-  TALLY_INFO("http", "listening on " << p.bind << ":" << port << " (/metrics /healthz /readyz)");
+  TALLY_INFO("http", "listening on " << p.bind << ":" << port << " (/metrics /healthz /readyz /v1/instances)");
   return {};
 }
 

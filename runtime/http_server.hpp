@@ -2,6 +2,10 @@
 //
 //   GET /metrics  Prometheus text format (runtime/metrics.hpp)
 //   GET /healthz  200 "ok" while the process serves HTTP (liveness)
+//   GET /v1/instances  JSON: every live instance of the namespace and the
+//                 lease holder (runtime::cluster: read from the active Redis
+//                 at most once a second); 503 with {"error": ...} when it
+//                 cannot be read
 //   GET /readyz   200 "ready" when this instance can persist events, else
 //                 503 with the reason (readiness; see below)
 //
@@ -14,7 +18,7 @@
 // catches up later.
 //
 // Threads: httplib's listener thread and its worker pool, never CAF's
-// scheduler. Nothing here talks to Redis: database states come from the
+// scheduler. Nothing here but /v1/instances talks to Redis: database states come from the
 // failover actor's view (its health actors probe), the stage-1 backlog from
 // the registry's heartbeat, so a scrape storm is never a Redis storm.
 //

@@ -396,6 +396,30 @@ std::string runtime::set_redis_databases(const std::vector<std::string>& urls) {
   return ask_failover(*impl_, dbset_atom::value, urls);
 }
 
+cluster_view runtime::cluster() const {
+  auto& p = *impl_;
+  cluster_view v;
+  if (!p.running || !p.registry) {
+    v.error = "tally is not running";
+    return v;
+  }
+  auto reply = std::make_shared<std::promise<cluster_view>>();
+  auto answer = reply->get_future();
+  caf::anon_send(p.registry, cluster_atom::value, reply);
+  // The registry reads Redis: give it a few command timeouts.
+  auto timeout = 3 * p.cfg.redis_timeout + std::chrono::seconds(1);
+  if (answer.wait_for(timeout) != std::future_status::ready) {
+    v.error = "the registry did not answer within " + std::to_string(timeout.count()) + " ms";
+    return v;
+  }
+  try {
+    return answer.get();
+  } catch (const std::future_error&) {  // the registry stopped with the request unanswered
+    v.error = "tally is stopping";
+    return v;
+  }
+}
+
 stats runtime::snapshot() const noexcept {
   stats st;
   if (impl_->ingest)

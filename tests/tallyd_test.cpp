@@ -2,7 +2,8 @@
 //
 // Real tallyd processes against real redis-server and postgres (tests/harness),
 // driven by real clients: redis-cli for events, httplib::Client for
-// /metrics /healthz /readyz, promtool for the exposition format. Options are
+// /metrics /healthz /readyz /v1/instances, promtool for the exposition
+// format, Python's json module for the cluster view. Options are
 // checked by behaviour (which port it listens on), not by reading structs;
 // shutdown is checked by what reached Redis and Postgres.
 #include "runtime/options.hpp"
@@ -19,6 +20,7 @@
 
 #include <csignal>
 #include <fstream>
+#include <map>
 #include <regex>
 #include <sstream>
 
@@ -395,6 +397,107 @@ TEST_F(Tallyd, SigtermReleasesLeaseAndTotalsAreExact) {
   EXPECT_EQ(diff_rows(expected, actual), "");
   EXPECT_EQ(b.terminate(), 0) << slurp(b.log);
   EXPECT_TRUE(redis_command(redis_->port(), {"GET", lease_key}).nil);
+}
+
+namespace {
+
+/// One instance of a TALLY.INSTANCES reply: field -> value.
+using instance_fields = std::map<std::string, std::string>;
+
+std::map<std::string, instance_fields> instances_of(int resp_port) {
+  std::map<std::string, instance_fields> out;
+  auto r = redis_command(resp_port, {"TALLY.INSTANCES"});
+  if (r.type != '*')
+    return out;
+  for (const auto& inst : r.elements) {
+    instance_fields f;
+    for (size_t i = 0; i + 1 < inst.elements.size(); i += 2)
+      f[inst.elements[i].value] = inst.elements[i + 1].value;
+    out[f["id"]] = f;
+  }
+  return out;
+}
+
+} // namespace
+
+// The cluster view: every instance (two with stage 2, one producer-only)
+// sees all three in TALLY.INSTANCES, one of them the leader that
+// TALLY.LEADER names with the epoch it reports in /metrics; GET
+// /v1/instances says the same as JSON (checked with Python's parser). A
+// leader stopped with SIGTERM leaves the view and the other flusher takes
+// over.
+TEST_F(Tallyd, ClusterViewNamesEveryInstanceAndTheLeader) {
+  auto with = [&](bool stage2, const std::string& id) {
+    auto args = base_args("cluster", stage2);
+    args.insert(args.end(), {"--instance-id", id, "--lease-ttl", "1500ms", "--pg-schema", "cluster"});
+    return args;
+  };
+  postgres_->psql("CREATE SCHEMA IF NOT EXISTS cluster");
+  tallyd_process a(with(true, "cl-a")), b(with(true, "cl-b")), c(with(false, "cl-c"));
+  for (auto* d : {&a, &b, &c})
+    ASSERT_TRUE(d->wait_ready()) << slurp(d->log);
+  for (int i = 0; i < 5; ++i)
+    ASSERT_EQ(redis_command(c.resp_port, {"TALLY.RECORD", "key", "cl", "spend", "1"}).value, "OK");
+
+  // Heartbeats come every lease_ttl / 3; the producer's count shows up in
+  // the one after its events.
+  std::map<std::string, instance_fields> view;
+  ASSERT_TRUE(wait_for([&] {
+    view = instances_of(c.resp_port);
+    return view.size() == 3 && view["cl-c"]["events_accepted"] == "5"
+           && (view["cl-a"]["leader"] == "1") != (view["cl-b"]["leader"] == "1");
+  }, 30s)) << "TALLY.INSTANCES: " << view.size() << " instances\n" << slurp(c.log);
+  std::string leader = view["cl-a"]["leader"] == "1" ? "cl-a" : "cl-b";
+  std::string follower = leader == "cl-a" ? "cl-b" : "cl-a";
+  auto& lead = leader == "cl-a" ? a : b;
+  EXPECT_EQ(view["cl-c"]["role"], "producer");
+  EXPECT_EQ(view["cl-c"]["leader"], "0");
+  EXPECT_EQ(view[follower]["role"], "flusher");
+  EXPECT_EQ(view[follower]["epoch"], "0");
+  for (auto& [id, f] : view) {
+    EXPECT_EQ(f["version"], "0.1.0") << id;
+    EXPECT_EQ(f["active_db"], redis_->url()) << id;
+    EXPECT_LT(std::stoll(f["heartbeat_age_ms"]), 3 * 1500) << id;
+    EXPECT_GT(std::stoll(f["pid"]), 0) << id;
+  }
+  // TALLY.LEADER, from another instance, and the leader's own metric.
+  ASSERT_TRUE(wait_for([&] {
+    auto r = redis_command(a.resp_port, {"TALLY.LEADER"});
+    return r.elements.size() == 4 && r.elements[1].value == leader && r.elements[3].value != "0";
+  }, 10s));
+  auto lr = redis_command(a.resp_port, {"TALLY.LEADER"});
+  long long epoch = std::stoll(lr.elements[3].value);
+  EXPECT_EQ(metric(http_get(lead.http_port, "/metrics").body, "tally_epoch"), epoch);
+  EXPECT_EQ(std::stoll(view[leader]["epoch"]), epoch);
+  EXPECT_EQ(redis_command(a.resp_port, {"TALLY.LEADER", "now"}).type, '-');
+  EXPECT_EQ(redis_command(a.resp_port, {"TALLY.INSTANCES", "x"}).type, '-');
+
+  // The same as JSON.
+  auto http = http_get(b.http_port, "/v1/instances");
+  ASSERT_EQ(http.status, 200) << http.body;
+  auto file = temp_path("instances.json");
+  write_file(file, http.body);
+  auto [pycode, pyout] = run({"python3", "-c",
+                              "import json,sys; v = json.load(open(sys.argv[1])); "
+                              "print(v['leader']['instance'], v['leader']['epoch'], "
+                              "' '.join(sorted(i['id'] + ('*' if i['leader'] else '') for i in v['instances'])))",
+                              file});
+  ASSERT_EQ(pycode, 0) << pyout << http.body;
+  std::string ids = leader == "cl-a" ? "cl-a* cl-b cl-c" : "cl-a cl-b* cl-c";
+  EXPECT_EQ(pyout, leader + " " + std::to_string(epoch) + " " + ids + "\n") << http.body;
+
+  // The leader stops: it leaves the registry, and the other flusher leads.
+  EXPECT_EQ(lead.terminate(), 0) << slurp(lead.log);
+  ASSERT_TRUE(wait_for([&] {
+    view = instances_of(c.resp_port);
+    return view.size() == 2 && view.count(leader) == 0 && view[follower]["leader"] == "1";
+  }, 30s)) << view.size() << " instances";
+  auto after = redis_command(c.resp_port, {"TALLY.LEADER"});
+  ASSERT_EQ(after.elements.size(), 4u);
+  EXPECT_EQ(after.elements[1].value, follower);
+  for (auto* d : {&a, &b, &c})
+    if (d != &lead)
+      EXPECT_EQ(d->terminate(), 0) << slurp(d->log);
 }
 
 // A real tallyd with stage 2 driven by the three kinds of real clients a

@@ -48,6 +48,32 @@ struct redis_database_status {
   uint64_t opens = 0;    // how often its circuit opened
 };
 
+/// One live instance of the namespace, as its registry heartbeat in the
+/// active Redis database shows it.
+struct instance_info {
+  std::string id;
+  std::string host;
+  uint64_t pid = 0;
+  std::string version;
+  int64_t started_ms = 0;        // wall clock, unix ms
+  int64_t heartbeat_age_ms = 0;  // since its last heartbeat (by this host's clock)
+  bool leader = false;           // holds the flush lease now
+  std::string role;              // leader | flusher | producer, as of its last heartbeat
+  std::string active_db;         // the Redis database it writes to (password masked)
+  uint64_t events_accepted = 0;
+  uint64_t epoch = 0;            // its fencing epoch while it leads, else 0
+};
+
+/// The namespace as the registry sees it (TALLY.INSTANCES, TALLY.LEADER,
+/// GET /v1/instances).
+struct cluster_view {
+  std::string error;                     // "" or why it could not be read
+  std::vector<instance_info> instances;  // sorted by id
+  std::string leader;                    // the lease holder's id, "" when nobody holds the lease
+  uint64_t epoch = 0;                    // the leader's epoch (0 until its first heartbeat as leader)
+  int64_t read_at_ms = 0;                // wall clock of the read (views are reused for up to 1 s)
+};
+
 /// Everything the runtime needs, validated by runtime::start.
 struct config {
   /// Namespace: every Redis key is `{tally:<ns>}:...`; one lease per namespace.
@@ -232,6 +258,11 @@ public:
   /// Makes the database list `urls` (as config::redis_urls): adds, removes and
   /// re-weights what differs (tallyd's SIGHUP).
   std::string set_redis_databases(const std::vector<std::string>& urls);
+
+  /// Every live instance of the namespace and the lease holder, read from
+  /// the active Redis database (at most once a second; later calls within
+  /// that second get the same view). Blocks for that read.
+  cluster_view cluster() const;
 
   stats snapshot() const noexcept;
 
