@@ -495,9 +495,11 @@ TEST_F(Tallyd, ClusterViewNamesEveryInstanceAndTheLeader) {
   auto after = redis_command(c.resp_port, {"TALLY.LEADER"});
   ASSERT_EQ(after.elements.size(), 4u);
   EXPECT_EQ(after.elements[1].value, follower);
-  for (auto* d : {&a, &b, &c})
-    if (d != &lead)
+  for (auto* d : {&a, &b, &c}) {
+    if (d != &lead) {
       EXPECT_EQ(d->terminate(), 0) << slurp(d->log);
+    }
+  }
 }
 
 // A real tallyd with stage 2 driven by the three kinds of real clients a
