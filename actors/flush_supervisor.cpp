@@ -133,8 +133,16 @@ caf::behavior flush_supervisor(supervisor_actor* self, flush_context_ptr ctx) {
   return {
     [=](lease_atom, bool held, uint64_t epoch) {
       auto& s = self->state;
-      if (self->current_sender() != s.children[lease_child].address() || s.stopping)
+      if (self->current_sender() != s.children[lease_child].address())
         return;
+      if (s.stopping) {
+        // A stopping leader that took the lease again (a new epoch) drains
+        // on under it: the flusher's stop path adopts the epoch itself, and
+        // a fence of the old epoch must not drop the new lease.
+        if (held && s.leading)
+          s.epoch = epoch;
+        return;
+      }
       if (held) {
         s.leading = true;
         s.epoch = epoch;

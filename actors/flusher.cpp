@@ -439,12 +439,53 @@ void cycle(flusher_actor* self) {
   }
 }
 
+/// Resets what a new epoch of leadership starts from.
+void start_leading(flusher_state& st, uint64_t epoch) {
+  st.leading = true;
+  st.epoch = epoch;
+  for (auto& [db, src] : st.sources) {
+    src.registered = false;
+    src.next_orphan_scan = 0;
+    src.next_visit = 0;
+  }
+  st.next_prune = 0;
+  st.retry.reset();
+}
+
 /// Stop path: drain while leading, bounded by the deadline (wall ms).
+///
+/// The lease actor may take the lease again while the drain runs (a Redis
+/// stall made a renewal miss; nobody else took it): a new epoch of this
+/// instance. A transaction of the old epoch is then fenced, and nothing
+/// would deliver the new epoch to this loop (the lead_atom waits behind the
+/// stop). So the loop waits up to lease_ttl for a lost lease to come back,
+/// and after a fence adopts the instance's own newer epoch, and drains on.
 bool final_drain(flusher_actor* self, int64_t deadline) {
   auto& st = self->state;
-  while (st.leading && wall_ms() < deadline) {
-    if (st.ctx->lease_valid_until.load(std::memory_order_acquire) == 0)
-      break;  // the lease is gone: another instance drains
+  auto* counters = st.ctx->counters;
+  // True when this instance holds a newer epoch than the flusher's, now
+  // the flusher's.
+  auto adopt_own_newer_epoch = [&] {
+    uint64_t held = counters->epoch.load();
+    if (counters->lease_held.load() == 0 || held <= st.epoch || !st.ctx->lease_valid())
+      return false;
+    TALLY_INFO("flusher", "stopping: this instance took the lease again, epoch " << held << "; draining on");
+    start_leading(st, held);
+    return true;
+  };
+  while (wall_ms() < deadline) {
+    if (!st.leading && !adopt_own_newer_epoch())
+      break;
+    if (st.ctx->lease_valid_until.load(std::memory_order_acquire) == 0) {
+      // Lost: wait for the lease actor to take it again, or for another
+      // instance to (then that one drains).
+      int64_t give_up = std::min(deadline, wall_ms() + st.ctx->cfg.lease_ttl.count());
+      while (wall_ms() < give_up && st.ctx->lease_valid_until.load(std::memory_order_acquire) == 0)
+        std::this_thread::sleep_for(milliseconds(20));  // detached actor: its own thread
+      if (st.ctx->lease_valid_until.load(std::memory_order_acquire) == 0)
+        break;  // the lease is gone: another instance drains
+      adopt_own_newer_epoch();
+    }
     auto r = full_cycle(self);
     if (r == cycle_result::drained)
       break;
@@ -452,7 +493,7 @@ bool final_drain(flusher_actor* self, int64_t deadline) {
       auto delay = st.retry.next();
       if (wall_ms() + delay.count() >= deadline)
         break;
-      std::this_thread::sleep_for(delay);  // detached actor: its own thread
+      std::this_thread::sleep_for(delay);
     }
   }
   if (st.leading && wall_ms() >= deadline)
@@ -472,15 +513,7 @@ caf::behavior flusher_behavior(flusher_actor* self, flush_context_ptr ctx, caf::
   return {
     [=](lead_atom, uint64_t epoch) {
       auto& s = self->state;
-      s.leading = true;
-      s.epoch = epoch;
-      for (auto& [db, src] : s.sources) {
-        src.registered = false;
-        src.next_orphan_scan = 0;
-        src.next_visit = 0;
-      }
-      s.next_prune = 0;
-      s.retry.reset();
+      start_leading(s, epoch);
       TALLY_INFO("flusher", "flushing as leader, epoch " << epoch);
       if (!s.stopped)
         schedule(self, milliseconds(0));

@@ -6,7 +6,10 @@
 // removes them), the environment variable TALLY_FAILPOINT=<name>[,<name>...]
 // arms points; reaching an armed point kills the process with SIGKILL, as
 // `kill -9` would, with a line on stderr first. TALLY_FAILPOINT_SKIP=<n> lets
-// the first n hits pass (crash on a later cycle).
+// the first n hits pass (crash on a later cycle). With
+// TALLY_FAILPOINT_PAUSE_MS=<ms> the first armed hit (after the skipped ones)
+// instead pauses the thread that reached it that long and later hits pass:
+// a test can then act while, say, a flush transaction is held open.
 #pragma once
 
 namespace tally {

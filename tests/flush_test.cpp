@@ -193,6 +193,52 @@ TEST(Flush, LeaderKilledAtEveryFailpoint) {
   expect_one_leader_per_epoch(pg);
 }
 
+// A stopping leader takes the lease again mid-drain (a Redis stall made a
+// renewal miss and nobody else wanted the lease): a new epoch of its own.
+// The stop drains on under it instead of giving up with batches left in
+// Redis, whether its drain meets the fence of the old epoch or finds the
+// lease lost and, shortly after, taken again.
+//
+// Forced, not hoped for: the node's first flush pauses 4 s before its commit
+// (a pausing failpoint), with the lease row locked; the test sends SIGTERM
+// (the stop waits behind that cycle) and stalls Redis for longer than
+// lease_ttl, so the renewal misses; once Redis is back the lease actor takes
+// the lease again, its epoch bump waiting in Postgres for the paused
+// transaction, which then commits under the old epoch.
+TEST(Flush, StoppingLeaderRetakingTheLeaseDrainsOn) {
+  redis_server redis;
+  postgres_server pg;
+  procs ps("flush");
+  constexpr uint64_t n = 30'000;
+  // A backlog of many small batches (more than one flush takes), written
+  // while nobody flushes.
+  auto args = producer_args(redis.url(), "p", 0, n);
+  args.insert(args.end(), {"--opt", "max_batch_bytes=4096"});
+  auto& producer = ps.start("backlog", args);
+  expect_exit_ok(producer, 120s);
+  ASSERT_GT(redis_int(redis, {"LLEN", key("batches")}), 200);
+
+  // The stall opens Redis's circuit; a short grace period lets the lease
+  // actor use Redis again soon after it is back.
+  auto node_argv = node_args(redis.url(), pg.url(), "retake", 1000, 100);
+  node_argv.insert(node_argv.end(), {"--opt", "grace_period=100ms", "--opt", "health_check_interval=100ms"});
+  auto& node = ps.start("retake", node_argv,
+                        {"TALLY_FAILPOINT=flush_before_commit", "TALLY_FAILPOINT_PAUSE_MS=4000"});
+  ASSERT_TRUE(wait_for([&] { return contains(node.log, "failpoint flush_before_commit: pausing"); }, 60s))
+    << slurp(node.log);
+  node.signal(SIGTERM);
+  ASSERT_EQ(::kill(redis.pid(), SIGSTOP), 0);
+  std::this_thread::sleep_for(1800ms);
+  ASSERT_EQ(::kill(redis.pid(), SIGCONT), 0);
+  expect_exit_ok(node, 120s);
+  node.pid = -1;
+  EXPECT_TRUE(contains(node.log, "took the lease again")) << slurp(node.log);
+  EXPECT_TRUE(redis_drained(redis, {"retake"})) << redis_int(redis, {"LLEN", key("batches")})
+                                                << " batches left\n" << slurp(node.log);
+  expect_postgres_equals(pg, reference(0, n));
+  expect_one_leader_per_epoch(pg);
+}
+
 // Whoever leads is SIGKILLed at a random moment of a producer's run, five
 // times, while two instances compete; killed ones come back.
 TEST(Flush, LeaderKilledAtRandomMoments) {
