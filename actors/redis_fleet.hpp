@@ -59,6 +59,16 @@ struct fleet_view {
     return active >= 0 ? std::optional<uint32_t>(dbs[static_cast<size_t>(active)].id) : std::nullopt;
   }
   const fleet_db* find(uint32_t id) const noexcept;
+  /// None is active yet because some database has not had its first health
+  /// verdict (the process is starting), not because they failed.
+  bool judging() const noexcept {
+    if (active >= 0)
+      return false;
+    for (const auto& d : dbs)
+      if (d.state == circuit_state::unknown)
+        return true;
+    return false;
+  }
 };
 using fleet_view_ptr = std::shared_ptr<const fleet_view>;
 

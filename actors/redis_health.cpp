@@ -2,6 +2,7 @@
 #include "actors/redis_health.hpp"
 
 #include "adapters/redis_sentinel.hpp"
+#include "core/failpoint.hpp"
 
 #include <caf/all.hpp>
 
@@ -69,6 +70,7 @@ void finish_round(health_actor* self) {
 
 void start_round(health_actor* self) {
   auto& st = self->state;
+  TALLY_FAILPOINT("health_before_round");  // tests hold back a verdict here (pause mode)
   // The first round judges a database nothing is known about yet: one probe
   // decides, so a starting instance has its active database at once.
   st.round.emplace(st.settings.policy, st.first_round_done ? st.settings.probes : 1);

@@ -239,6 +239,32 @@ TEST(Flush, StoppingLeaderRetakingTheLeaseDrainsOn) {
   expect_one_leader_per_epoch(pg);
 }
 
+// The last instance to stop drains what is left in Redis, even when the
+// stop comes before its first health check judged Redis (a stop right after
+// a start): it waits for that verdict instead of finding "no healthy
+// database" and leaving. Forced: the first health round pauses 1.5 s
+// (pausing failpoint) and SIGTERM arrives meanwhile.
+TEST(Flush, StopBeforeTheFirstHealthVerdictStillDrains) {
+  redis_server redis;
+  postgres_server pg;
+  procs ps("flush");
+  constexpr uint64_t n = 20'000;
+  auto& producer = ps.start("backlog", producer_args(redis.url(), "p", 0, n));
+  expect_exit_ok(producer, 120s);
+  ASSERT_GT(redis_int(redis, {"LLEN", key("batches")}), 0);
+
+  auto& node = ps.start("early-stop", node_args(redis.url(), pg.url(), "early-stop"),
+                        {"TALLY_FAILPOINT=health_before_round", "TALLY_FAILPOINT_PAUSE_MS=1500"});
+  ASSERT_TRUE(wait_for([&] { return contains(node.log, "failpoint health_before_round: pausing"); }, 30s))
+    << slurp(node.log);
+  node.signal(SIGTERM);
+  expect_exit_ok(node, 60s);
+  node.pid = -1;
+  EXPECT_TRUE(redis_drained(redis, {"early-stop"})) << redis_int(redis, {"LLEN", key("batches")})
+                                                    << " batches left\n" << slurp(node.log);
+  expect_postgres_equals(pg, reference(0, n));
+}
+
 // Whoever leads is SIGKILLed at a random moment of a producer's run, five
 // times, while two instances compete; killed ones come back.
 TEST(Flush, LeaderKilledAtRandomMoments) {
