@@ -619,11 +619,17 @@ TEST(Fleet, ActiveDatabaseHung) {
               << ")\n";
     EXPECT_GE(ms, grace.count()) << p->name;
     // The way back was the fail-back timer: the switch into A moved the
-    // fail_back counter, not a detector's.
-    EXPECT_EQ(after.line.fail_back(), before.line.fail_back() + 1)
-      << p->name << ": " << before.line.describe() << " -> " << after.line.describe();
-    EXPECT_EQ(after.line.detected(), before.line.detected())
-      << p->name << ": " << before.line.describe() << " -> " << after.line.describe();
+    // fail_back counter, not a detector's. Unless B itself failed a check
+    // meanwhile (a loaded machine stalls it past the 500 ms probe timeout):
+    // then leaving B for the healthy A is a detector's switch, also right.
+    if (after.line.detected() == before.line.detected()) {
+      EXPECT_EQ(after.line.fail_back(), before.line.fail_back() + 1)
+        << p->name << ": " << before.line.describe() << " -> " << after.line.describe();
+    } else {
+      std::cout << "fleet: hung " << p->name << " left B by a detector (B failed a check): "
+                << before.line.describe() << " -> " << after.line.describe() << "\n";
+      EXPECT_EQ(after.line.fail_back(), before.line.fail_back()) << p->name;
+    }
   }
 
   ASSERT_NO_FATAL_FAILURE(run.producers_exit_ok(120s));

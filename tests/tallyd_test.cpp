@@ -444,8 +444,12 @@ TEST_F(Tallyd, ClusterViewNamesEveryInstanceAndTheLeader) {
   std::map<std::string, instance_fields> view;
   ASSERT_TRUE(wait_for([&] {
     view = instances_of(c.resp_port);
-    return view.size() == 3 && view["cl-c"]["events_accepted"] == "5"
-           && (view["cl-a"]["leader"] == "1") != (view["cl-b"]["leader"] == "1");
+    // The lease holder is known from the lease at once; its own record says
+    // "leader" and the epoch from its next heartbeat on.
+    auto leads = [&](const std::string& id) {
+      return view[id]["leader"] == "1" && view[id]["role"] == "leader" && view[id]["epoch"] != "0";
+    };
+    return view.size() == 3 && view["cl-c"]["events_accepted"] == "5" && leads("cl-a") != leads("cl-b");
   }, 30s)) << "TALLY.INSTANCES: " << view.size() << " instances\n" << slurp(c.log);
   std::string leader = view["cl-a"]["leader"] == "1" ? "cl-a" : "cl-b";
   std::string follower = leader == "cl-a" ? "cl-b" : "cl-a";
