@@ -44,6 +44,7 @@
 #include <cstring>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 namespace tally {
@@ -950,29 +951,19 @@ private:
     }
     put_int(b, '*', static_cast<int64_t>(v.instances.size()));
     for (const auto& i : v.instances) {
-      put_int(b, '*', 22);
-      put_bulk(b, "id");
-      put_bulk(b, i.id);
-      put_bulk(b, "host");
-      put_bulk(b, i.host);
-      put_bulk(b, "pid");
-      put_int(b, ':', static_cast<int64_t>(i.pid));
-      put_bulk(b, "version");
-      put_bulk(b, i.version);
-      put_bulk(b, "started_ms");
-      put_int(b, ':', i.started_ms);
-      put_bulk(b, "heartbeat_age_ms");
-      put_int(b, ':', i.heartbeat_age_ms);
-      put_bulk(b, "leader");
-      put_int(b, ':', i.leader ? 1 : 0);
-      put_bulk(b, "role");
-      put_bulk(b, i.role);
-      put_bulk(b, "active_db");
-      put_bulk(b, i.active_db);
-      put_bulk(b, "events_accepted");
-      put_int(b, ':', static_cast<int64_t>(i.events_accepted));
-      put_bulk(b, "epoch");
-      put_int(b, ':', static_cast<int64_t>(i.epoch));
+      int64_t fields = 0;
+      for_each_field(i, [&](const char*, const auto&) { ++fields; });
+      put_int(b, '*', 2 * fields);
+      for_each_field(i, [&](const char* name, const auto& value) {
+        using T = std::decay_t<decltype(value)>;
+        put_bulk(b, name);
+        if constexpr (std::is_same_v<T, std::string>)
+          put_bulk(b, value);
+        else if constexpr (std::is_same_v<T, bool>)
+          put_int(b, ':', value ? 1 : 0);
+        else
+          put_int(b, ':', value);
+      });
     }
   }
 

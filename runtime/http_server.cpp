@@ -9,6 +9,7 @@
 #include <httplib.h>
 
 #include <atomic>
+#include <type_traits>
 #include <cstdio>
 #include <mutex>
 #include <optional>
@@ -111,30 +112,19 @@ struct ops_http_server::impl {
     field("instances");
     out += '[';
     for (size_t n = 0; n < v.instances.size(); ++n) {
-      const auto& i = v.instances[n];
       out += n ? ",{" : "{";
-      field("id", true);
-      json_string(out, i.id);
-      field("host");
-      json_string(out, i.host);
-      field("pid");
-      out += std::to_string(i.pid);
-      field("version");
-      json_string(out, i.version);
-      field("started_ms");
-      out += std::to_string(i.started_ms);
-      field("heartbeat_age_ms");
-      out += std::to_string(i.heartbeat_age_ms);
-      field("leader");
-      out += i.leader ? "true" : "false";
-      field("role");
-      json_string(out, i.role);
-      field("active_db");
-      json_string(out, i.active_db);
-      field("events_accepted");
-      out += std::to_string(i.events_accepted);
-      field("epoch");
-      out += std::to_string(i.epoch);
+      bool first = true;
+      for_each_field(v.instances[n], [&](const char* name, const auto& value) {
+        using T = std::decay_t<decltype(value)>;
+        field(name, first);
+        first = false;
+        if constexpr (std::is_same_v<T, std::string>)
+          json_string(out, value);
+        else if constexpr (std::is_same_v<T, bool>)
+          out += value ? "true" : "false";
+        else
+          out += std::to_string(value);
+      });
       out += '}';
     }
     return out + "]}\n";

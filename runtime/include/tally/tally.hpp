@@ -64,6 +64,24 @@ struct instance_info {
   uint64_t epoch = 0;            // its fencing epoch while it leads, else 0
 };
 
+/// Calls f(name, value) for every field of `i`, in one fixed order; value is
+/// a const std::string&, an int64_t or a bool. Every rendering of an
+/// instance (RESP, JSON) goes through this one list.
+template <class F>
+void for_each_field(const instance_info& i, F&& f) {
+  f("id", i.id);
+  f("host", i.host);
+  f("pid", static_cast<int64_t>(i.pid));
+  f("version", i.version);
+  f("started_ms", i.started_ms);
+  f("heartbeat_age_ms", i.heartbeat_age_ms);
+  f("leader", i.leader);
+  f("role", i.role);
+  f("active_db", i.active_db);
+  f("events_accepted", static_cast<int64_t>(i.events_accepted));
+  f("epoch", static_cast<int64_t>(i.epoch));
+}
+
 /// The namespace as the registry sees it (TALLY.INSTANCES, TALLY.LEADER,
 /// GET /v1/instances).
 struct cluster_view {
