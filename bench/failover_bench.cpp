@@ -197,14 +197,6 @@ std::optional<std::pair<std::string, std::string>> read_sums(adapters::pg_client
   return std::make_pair(r->rows[0][0], r->rows[0][1]);
 }
 
-__int128 parse_i128(const std::string& s) {
-  __int128 v = 0;
-  bool neg = !s.empty() && s[0] == '-';
-  for (size_t i = neg ? 1 : 0; i < s.size(); ++i)
-    v = v * 10 + (s[i] - '0');
-  return neg ? -v : v;
-}
-
 /// A directory removed when this goes out of scope.
 struct removed_at_exit {
   std::string path;

@@ -7,8 +7,6 @@
 
 namespace tally::testing {
 
-namespace {
-
 __int128 parse_i128(const std::string& s) {
   __int128 v = 0;
   bool neg = !s.empty() && s[0] == '-';
@@ -16,8 +14,6 @@ __int128 parse_i128(const std::string& s) {
     v = v * 10 + (s[i] - '0');
   return neg ? -v : v;
 }
-
-} // namespace
 
 std::vector<std::string> split(const std::string& line, char sep) {
   std::vector<std::string> out;
