@@ -17,6 +17,7 @@
 #include <csignal>
 #include <cstring>
 #include <ctime>
+#include <poll.h>
 #include <pthread.h>
 #include <sys/time.h>
 
@@ -717,6 +718,47 @@ result<redis_reply> redis_client::command(const std::vector<std::string_view>& a
   if (reply && reply->type == redis_reply::kind::error)
     return make_error(redis_errc::reply_error, std::move(reply->str));
   return reply;
+}
+
+// Takes a reply already buffered; else polls the socket for `wait` and
+// reads what arrived. Only a failed read or a protocol error drops the link.
+result<std::optional<redis_reply>> redis_client::receive(std::chrono::milliseconds wait) {
+  if (!impl_)
+    return make_error(redis_errc::io_error, moved_from_message);
+  if (auto st = impl_->ensure_connected(); !st)
+    return st.error();
+  redisContext* ctx = impl_->ctx.get();
+  void* raw = nullptr;
+  if (redisGetReplyFromReader(ctx, &raw) != REDIS_OK)
+    return impl_->fail_and_drop(0);
+  if (raw == nullptr) {
+    pollfd p{ctx->fd, POLLIN, 0};
+    int n = ::poll(&p, 1, static_cast<int>(std::max<int64_t>(0, wait.count())));
+    if (n < 0 && errno != EINTR)
+      return impl_->fail_and_drop(errno);
+    if (n <= 0)
+      return std::optional<redis_reply>{};
+    int saved_errno = 0;
+    {
+      sigpipe_guard guard;
+      errno = 0;
+      if (redisBufferRead(ctx) != REDIS_OK)
+        saved_errno = errno ? errno : ECONNRESET;
+    }
+    if (saved_errno != 0 || ctx->err != 0)
+      return impl_->fail_and_drop(saved_errno);
+    if (redisGetReplyFromReader(ctx, &raw) != REDIS_OK)
+      return impl_->fail_and_drop(0);
+    if (raw == nullptr)
+      return std::optional<redis_reply>{};  // part of a reply; the rest comes with the next read
+  }
+  reply_ptr reply(static_cast<redisReply*>(raw));
+  redis_reply out;
+  if (!copy_reply(reply.get(), out)) {
+    impl_->ctx.reset();
+    return make_error(redis_errc::protocol, "redis: unknown reply type");
+  }
+  return std::optional<redis_reply>(std::move(out));
 }
 
 // redisAppendCommandArgv for each command, then redisGetReply for each:

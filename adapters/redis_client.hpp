@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -106,6 +107,11 @@ public:
   /// order (an -ERR reply is a redis_reply of kind error, not a failure). A
   /// transport failure fails the whole call.
   result<std::vector<redis_reply>> pipeline(const std::vector<std::vector<std::string_view>>& cmds);
+
+  /// Waits up to `wait` for one reply the server pushes unasked (pub/sub
+  /// messages after SUBSCRIBE). nullopt when none came; a quiet wait keeps
+  /// the connection (a plain read timeout would poison the hiredis context).
+  result<std::optional<redis_reply>> receive(std::chrono::milliseconds wait);
 
   /// True while the last call did not lose the connection.
   bool connected() const noexcept;
