@@ -5,9 +5,11 @@
 #include "actors/atoms.hpp"
 #include "actors/retention.hpp"
 #include "adapters/batch_codec.hpp"
+#include "adapters/read_sql.hpp"
 #include "adapters/redis_keyspace.hpp"
 #include "core/backoff.hpp"
 #include "core/log.hpp"
+#include "core/read_cache.hpp"
 
 #include <caf/all.hpp>
 
@@ -387,6 +389,17 @@ void after_cycle(writer_actor* self) {
     schedule(self, st.ingest->cfg.buffer_interval);
 }
 
+/// Own writes are read back at once: the batch joins the read cache's
+/// ledger before any durable reply for it can go out.
+void remember_for_reads(read_cache& cache, const adapters::batch& part) {
+  auto rows = adapters::spend_rows_of(part);
+  std::vector<std::pair<entity_key, measure_values>> deltas;
+  deltas.reserve(rows.size());
+  for (const auto& r : rows)
+    deltas.emplace_back(make_entity_key(r.key.type, r.key.scope, r.key.id), r.values);
+  cache.add_batch(part.id, std::move(deltas));
+}
+
 void finish_cycle(writer_actor* self) {
   auto& st = self->state;
   auto& ids = st.ingest->ids;
@@ -426,6 +439,8 @@ void finish_cycle(writer_actor* self) {
     for (auto& part : adapters::split_batch(std::move(b), st.ingest->cfg.max_batch_bytes)) {
       uint64_t seq = st.next_seq++;
       part.id = st.instance + ":" + std::to_string(seq);
+      if (st.ingest->cache)
+        remember_for_reads(*st.ingest->cache, part);
       st.pending.push_back({seq, part.id, adapters::encode_batch(part)});
     }
     st.ingest->counters.pending_batches.store(st.pending.size());

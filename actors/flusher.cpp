@@ -5,6 +5,8 @@
 #include "adapters/batch_codec.hpp"
 #include "core/backoff.hpp"
 #include "adapters/flush_sql.hpp"
+#include "adapters/read_sql.hpp"
+#include "core/invalidation.hpp"
 #include "core/failpoint.hpp"
 #include "core/log.hpp"
 
@@ -60,6 +62,7 @@ struct flusher_state {
 
   bool leading = false;
   uint64_t epoch = 0;
+  uint64_t publish_seq = 0;  // invalidations published under `epoch`
   bool stopped = false;
   bool return_pending = true;  // own inflight may hold batches to hand back
   int64_t next_prune = 0;
@@ -152,12 +155,32 @@ void prune(flusher_actor* self) {
                                     << st.ctx->cfg.applied_retention.count() << "h");
 }
 
-std::string summary(const adapters::flush_outcome& out, uint64_t epoch) {
-  std::string s = "{\"epoch\":" + std::to_string(epoch) + ",\"batches\":" + std::to_string(out.batches_new)
-                  + ",\"rows\":" + std::to_string(out.rows) + ",\"tables\":{";
-  for (size_t i = 0; i < out.tables.size(); ++i)
-    s += (i ? ",\"" : "\"") + out.tables[i].table + "\":" + std::to_string(out.tables[i].rows);
-  return s + "}}";
+/// The message readers invalidate their caches by (core/invalidation.hpp):
+/// every batch the transaction covered and every tally_spend row it touched.
+std::string invalidation_of(const std::vector<adapters::batch>& batches, const std::string& leader, uint64_t epoch,
+                            uint64_t seq) {
+  invalidation_message m;
+  m.leader = leader;
+  m.epoch = epoch;
+  m.seq = seq;
+  std::unordered_set<std::string> seen;
+  for (const auto& b : batches) {
+    if (m.batch_ids.size() < invalidation_max_batch_ids)
+      m.batch_ids.push_back(b.id);
+    if (m.all)
+      continue;
+    for (auto& row : adapters::spend_rows_of(b)) {
+      if (!seen.insert(row.key.type + '\x1f' + row.key.scope + '\x1f' + row.key.id).second)
+        continue;
+      if (m.entities.size() == invalidation_max_entities) {
+        m.all = true;
+        m.entities.clear();
+        break;
+      }
+      m.entities.push_back({std::move(row.key.type), std::move(row.key.scope), std::move(row.key.id)});
+    }
+  }
+  return encode_invalidation(m);
 }
 
 void stop_leading(flusher_actor* self) {
@@ -322,9 +345,13 @@ cycle_result run_cycle(flusher_actor* self, source_io& io) {
     TALLY_WARN("flusher", "deleting the applied inflight list failed: " << del.error().message);
     return cycle_result::failed;
   }
+  // Readers count the messages: a number skipped (this publish failing
+  // below) tells them to drop their caches.
+  uint64_t publish_seq = out->batches_new > 0 ? ++st.publish_seq : 0;
   // Producers look for their applied ids and for invalidations in the
   // active database, whichever database the batches came from. Both are
-  // best effort: a lost marker costs a re-push the dedup table skips.
+  // best effort: a lost marker costs a re-push the dedup table skips, a
+  // lost invalidation a gap every reader sees.
   if (st.redis.ensure()) {
     std::vector<std::string> ids;
     ids.reserve(decoded.size());
@@ -335,7 +362,8 @@ cycle_result run_cycle(flusher_actor* self, source_io& io) {
       TALLY_WARN("flusher", "telling producers what was applied failed: " << marked.error().message);
     // A failed command may have dropped the connection: look before using it.
     if (out->batches_new > 0 && st.redis.client)
-      (void)st.redis.check(st.ctx->keys.publish_invalidation(*st.redis.client, summary(*out, st.epoch)));
+      (void)st.redis.check(st.ctx->keys.publish_invalidation(
+          *st.redis.client, invalidation_of(decoded, st.ctx->instance, st.epoch, publish_seq)));
   }
   bool inflight_left = static_cast<long long>(items->size()) == window;  // may hold more
   return left > 0 || inflight_left ? cycle_result::more : cycle_result::drained;
@@ -442,6 +470,8 @@ void cycle(flusher_actor* self) {
 /// Resets what a new epoch of leadership starts from.
 void start_leading(flusher_state& st, uint64_t epoch) {
   st.leading = true;
+  if (epoch != st.epoch)
+    st.publish_seq = 0;  // readers see a new epoch as a gap anyway
   st.epoch = epoch;
   for (auto& [db, src] : st.sources) {
     src.registered = false;

@@ -29,6 +29,8 @@
 
 namespace tally {
 
+class read_cache;
+
 /// One event as it travels from producer to aggregator: 96 bytes, no pointers.
 struct queued_event {
   agg_key key;
@@ -137,6 +139,9 @@ public:
   moodycamel::ConcurrentQueue<durable_ticket> tickets;
   alignas(64) std::atomic<bool> writer_sleeping{true};  // coalesces ticket wake-ups
   caf::actor writer;
+  /// The read path's cache, when this instance reads (a Postgres is
+  /// configured): the writer adds every batch it forms to its ledger.
+  read_cache* cache = nullptr;
   pipeline_counters counters;
   const config cfg;
 

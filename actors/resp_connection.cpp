@@ -535,6 +535,14 @@ private:
         cluster(b, equals_upper(name, "TALLY.LEADER"));
       return true;
     }
+    if (equals_upper(name, "TALLY.GET")) {
+      get(b, args);
+      return true;
+    }
+    if (equals_upper(name, "TALLY.MGET")) {
+      mget(b, args);
+      return true;
+    }
     if (equals_upper(name, "ECHO")) {
       if (args.size() == 2)
         put_bulk(b, args[1]);
@@ -964,6 +972,73 @@ private:
         else
           put_int(b, ':', value);
       });
+    }
+  }
+
+  /// TALLY.GET entity_type id [scope]: one tally_spend row (runtime::get),
+  /// a field/value array. A hit answers at once; a miss waits for Postgres
+  /// on this worker (bounded by read_timeout; concurrent misses of one row
+  /// cost one query).
+  void get(std::vector<char>& b, const std::vector<string_view>& args) {
+    if (args.size() != 3 && args.size() != 4) {
+      wrong_args(b, "tally.get");
+      return;
+    }
+    auto r = st_.ctx->rt->get(args[1], args[2], args.size() == 4 ? args[3] : string_view{});
+    if (r.code != read_result::status::ok) {
+      read_error(b, r);
+      return;
+    }
+    put_totals(b, r.entities.front());
+  }
+
+  /// TALLY.MGET entity_type id [id ...]; for team_member rows
+  /// TALLY.MGET team_member team_id user_id [user_id ...]: an array of GET's
+  /// replies, in order.
+  void mget(std::vector<char>& b, const std::vector<string_view>& args) {
+    bool member = args.size() >= 2 && args[1] == "team_member";
+    size_t first = member ? 3 : 2;
+    if (args.size() <= first) {
+      wrong_args(b, "tally.mget");
+      return;
+    }
+    std::vector<std::string> ids(args.begin() + static_cast<std::ptrdiff_t>(first), args.end());
+    auto r = st_.ctx->rt->mget(args[1], ids, member ? args[2] : string_view{});
+    if (r.code != read_result::status::ok) {
+      read_error(b, r);
+      return;
+    }
+    put_int(b, '*', static_cast<int64_t>(r.entities.size()));
+    for (const auto& e : r.entities)
+      put_totals(b, e);
+  }
+
+  void read_error(std::vector<char>& b, const read_result& r) {
+    put(b, r.code == read_result::status::bad_request ? "-ERR " : "-TRYAGAIN ");
+    put_sanitized(b, r.error, 512);
+    put(b, "\r\n");
+  }
+
+  void put_totals(std::vector<char>& b, const entity_totals& e) {
+    put_int(b, '*', 24);
+    put_bulk(b, "entity_type");
+    put_bulk(b, e.entity_type);
+    put_bulk(b, "scope");
+    put_bulk(b, e.scope);
+    put_bulk(b, "entity_id");
+    put_bulk(b, e.entity_id);
+    put_bulk(b, "found");
+    put_int(b, ':', e.found ? 1 : 0);
+    put_bulk(b, "spend");
+    put_bulk(b, e.spend);
+    const std::pair<const char*, int64_t> counts[] = {
+      {"prompt_tokens", e.prompt_tokens},       {"completion_tokens", e.completion_tokens},
+      {"cache_read_tokens", e.cache_read_tokens}, {"cache_creation_tokens", e.cache_creation_tokens},
+      {"requests", e.requests},                 {"successful_requests", e.successful_requests},
+      {"failed_requests", e.failed_requests}};
+    for (const auto& [name, value] : counts) {
+      put_bulk(b, name);
+      put_int(b, ':', value);
     }
   }
 

@@ -2,6 +2,7 @@
 #include "actors/retention.hpp"
 
 #include "core/log.hpp"
+#include "core/read_cache.hpp"
 
 #include <caf/all.hpp>
 
@@ -52,6 +53,10 @@ void forget(retention_state& st, const std::string& id) {
 void forget_all(retention_state& st, const std::vector<std::string>& ids) {
   for (const auto& id : ids)
     forget(st, id);
+  // Applied means in Postgres: the read cache's ledger lets go of them too
+  // (the invalidation message usually said so first).
+  if (st.ctx->ingest->cache && !ids.empty())
+    st.ctx->ingest->cache->retire(ids);
 }
 
 /// Forgets every batch a leader reported applied in the active database.

@@ -5,6 +5,9 @@
 // when zero, so dashboards and alerts see a stable set of series.
 #include "runtime/metrics.hpp"
 
+#include <algorithm>
+#include <chrono>
+
 #include <cstdio>
 
 namespace tally {
@@ -210,6 +213,37 @@ std::string render_metrics(const metrics_snapshot& m) {
   w.sample("tally_flush_duration_seconds_count", cumulative);
   w.gauge("tally_lease_held", "1 while this instance holds the flush lease (is the writer).", s.lease_held);
   w.gauge("tally_epoch", "Fencing epoch of the last lease this instance took.", s.epoch);
+
+  // --- read path ---
+  w.counter("tally_read_cache_hits_total", "TALLY.GET rows answered from the cache.", s.read_hits);
+  w.counter("tally_read_cache_misses_total", "TALLY.GET rows not in the cache (read from Postgres).",
+            s.read_misses);
+  w.counter("tally_read_queries_total", "Postgres reads for cache misses (one per round, any number of rows).",
+            s.read_queries);
+  w.counter("tally_read_cache_fills_total", "Values read from Postgres and installed in the cache.", s.read_fills);
+  w.counter("tally_read_cache_stale_fills_total",
+            "Fills thrown away because an invalidation arrived while they read.", s.read_stale_fills);
+  w.counter("tally_read_cache_invalidations_total", "Cached rows dropped because a flush touched them.",
+            s.read_invalidated);
+  w.counter("tally_read_cache_invalidate_all_total",
+            "Whole-cache drops: a gap in the flush messages, a resubscription, a flush too large to list.",
+            s.read_invalidate_all);
+  w.counter("tally_read_cache_evictions_total", "Cached rows evicted to make room.", s.read_evictions);
+  w.gauge("tally_read_cache_entries", "Rows in the read cache.", s.read_entries);
+  w.gauge("tally_read_ledger_batches", "Own batches the read path adds to Postgres' totals until they are applied.",
+          s.read_ledger_batches);
+  w.counter("tally_read_ledger_overflow_total",
+            "Own batches not kept for reads because the ledger was full (reads see them once flushed).",
+            s.read_ledger_overflow);
+  w.gauge("tally_read_cache_subscribed", "1 while invalidations arrive, so the cache serves hits.",
+          s.read_subscribed);
+  if (s.last_invalidation_ms > 0) {
+    int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                       std::chrono::system_clock::now().time_since_epoch()).count();
+    w.family("tally_read_last_invalidation_age_seconds", "gauge",
+             "Seconds since the newest invalidation message arrived.");
+    w.sample("tally_read_last_invalidation_age_seconds", std::max<int64_t>(0, now_ms - s.last_invalidation_ms) / 1000.0);
+  }
   return out;
 }
 

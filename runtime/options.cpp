@@ -223,6 +223,7 @@ const char* const kHealth = "Redis health checks and failover";
 const char* const kJournal = "local spill journal";
 const char* const kIngest = "ingest and aggregation";
 const char* const kPostgres = "Postgres (stage 2: the flush supervisor)";
+const char* const kRead = "read path (TALLY.GET)";
 
 std::vector<option_spec> build_table() {
   std::vector<option_spec> t;
@@ -418,6 +419,21 @@ std::vector<option_spec> build_table() {
                       "A batch this instance wrote but has not seen applied is pushed to Redis "
                       "again after this long (producer retention; duplicates are skipped).")
         .def("1m").bounds(kSecond, kDay));
+
+  // --- read path ---------------------------------------------------------------
+  add(integer_option("read_cache_entries", kRead, RT(read_cache_entries),
+                     "Rows each instance caches for TALLY.GET (8-way sets, second-chance eviction).")
+        .def("65536").bounds(8, 1 << 26));
+  add(duration_option("read_cache_ttl", kRead, RT(read_cache_ttl),
+                      "Longest a cached row is served without reading Postgres again; flush "
+                      "invalidations keep it true sooner, this is the safety net.")
+        .def("1m").bounds(kSecond, kDay));
+  add(integer_option("read_connections", kRead, RT(read_connections),
+                     "Postgres connections (and reader threads) for cache misses.")
+        .def("2").bounds(1, 64));
+  add(duration_option("read_timeout", kRead, RT(read_timeout),
+                      "How long a TALLY.GET that misses the cache waits for Postgres.")
+        .def("2s").bounds(10, 10 * kMinute));
   return t;
 }
 

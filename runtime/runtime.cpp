@@ -7,18 +7,23 @@
 #include "actors/failover.hpp"
 #include "actors/flush_supervisor.hpp"
 #include "actors/ingest.hpp"
+#include "actors/invalidator.hpp"
+#include "actors/reader.hpp"
 #include "actors/registry.hpp"
 #include "actors/retention.hpp"
+#include "adapters/flush_sql.hpp"
 #include "adapters/redis_client.hpp"
 #include "adapters/spill_journal.hpp"
 #include "core/circuit_breaker.hpp"
 #include "core/log.hpp"
+#include "core/read_cache.hpp"
 #include "runtime/runtime_internal.hpp"
 
 #include <caf/all.hpp>
 #include <caf/io/middleman.hpp>
 
 #include <cstdlib>
+#include <mutex>
 #include <set>
 #include <thread>
 #include <unistd.h>
@@ -38,6 +43,12 @@ struct runtime::impl {
   caf::actor registry;
   caf::actor writer;
   caf::actor flush;  // the flush supervisor; null without postgres_url
+  // The read path, with a postgres_url. The cache outlives every actor
+  // (the writer and retention use it until they stop).
+  std::unique_ptr<read_cache> cache;
+  std::mutex readers_mu;  // a miss picks a reader while stop() may let them go
+  std::vector<caf::actor> readers;
+  caf::actor invalidator;
   std::string journal_dir;
   bool running = false;
   bool stopped = false;
@@ -119,6 +130,10 @@ uint64_t journal_tails_cut(const journal_set& js) {
   return n;
 }
 
+/// Rows of own unflushed batches the read path keeps (about 100 bytes
+/// each); past it reads see own events only once flushed, and a counter says so.
+constexpr size_t read_ledger_max_rows = size_t{1} << 20;
+
 std::string start_impl(runtime::impl& p, const config& cfg, bool with_io) {
   if (p.running || p.stopped)
     return "runtime: start called twice";
@@ -156,8 +171,15 @@ std::string start_impl(runtime::impl& p, const config& cfg, bool with_io) {
   p.writer = spawn_buffer_writer(*p.system, *p.ingest, p.aggregators, p.instance, *p.fleet, p.retention,
                                  std::move(journals));
   p.ingest->writer = p.writer;
-  if (!cfg.postgres_url.empty())
+  if (!cfg.postgres_url.empty()) {
     p.flush = spawn_flush_supervisor(*p.system, ctx);
+    p.cache = std::make_unique<read_cache>(cfg.read_cache_entries, cfg.read_cache_ttl,
+                                           read_ledger_max_rows);
+    p.ingest->cache = p.cache.get();
+    for (uint32_t i = 0; i < cfg.read_connections; ++i)
+      p.readers.push_back(spawn_reader(*p.system, ctx, *p.cache));
+    p.invalidator = spawn_invalidator(*p.system, ctx, *p.cache);
+  }
   p.running = true;
   TALLY_INFO("runtime", "started instance " << p.instance << " (namespace " << cfg.ns << ", "
                         << shards << " shards, spill journal in " << p.journal_dir << ")");
@@ -235,6 +257,14 @@ std::string validate(const config& c) {
     return "option auto_fallback_interval: between 0s (never) and 1d";
   if (c.journal_max_bytes < (uint64_t{1} << 20))
     return "option journal_max_bytes: at least 1048576";
+  if (c.read_cache_entries < 8 || c.read_cache_entries > (1u << 26))
+    return "option read_cache_entries: between 8 and 67108864";
+  if (!within(c.read_cache_ttl, milliseconds(1000), milliseconds(86400000)))
+    return "option read_cache_ttl: between 1s and 1d";
+  if (c.read_connections < 1 || c.read_connections > 64)
+    return "option read_connections: between 1 and 64";
+  if (!within(c.read_timeout, milliseconds(10), milliseconds(600000)))
+    return "option read_timeout: between 10ms and 10min";
   return {};
 }
 
@@ -312,6 +342,18 @@ void runtime::stop(std::chrono::milliseconds deadline) {
   }
   for (auto& a : p.aggregators)
     caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
+  {
+    // The handles must go before the system: a detached actor's thread
+    // waits until the last reference to its actor is gone.
+    std::lock_guard<std::mutex> lock(p.readers_mu);
+    for (auto& r : p.readers)
+      caf::anon_send_exit(r, caf::exit_reason::user_shutdown);
+    p.readers.clear();
+  }
+  if (p.invalidator) {
+    caf::anon_send_exit(p.invalidator, caf::exit_reason::user_shutdown);
+    p.invalidator = nullptr;
+  }
   for (auto* a : {&p.writer, &p.registry, &p.retention, &p.failover}) {
     caf::anon_send_exit(*a, caf::exit_reason::user_shutdown);
     *a = nullptr;
@@ -420,10 +462,155 @@ cluster_view runtime::cluster() const {
   }
 }
 
+namespace {
+
+bool known_entity_type(std::string_view t) {
+  for (const char* e : entity_types)
+    if (t == e)
+      return true;
+  return false;
+}
+
+/// "" when `text` may be an id; else why not, naming it `what`.
+std::string id_problem(std::string_view text, const char* what) {
+  if (text.size() > max_id_bytes)
+    return std::string(what) + " is longer than " + std::to_string(max_id_bytes) + " bytes";
+  if (check_id(text) != errc::ok)
+    return std::string(what) + " must be 1-" + std::to_string(max_id_bytes)
+           + " bytes of UTF-8 without control characters";
+  return {};
+}
+
+read_result refuse(read_result::status code, std::string why) {
+  read_result r;
+  r.code = code;
+  r.error = std::move(why);
+  return r;
+}
+
+entity_totals totals_of(const adapters::spend_key& k, const cached_totals& v) {
+  entity_totals t;
+  t.entity_type = k.type;
+  t.scope = k.scope;
+  t.entity_id = k.id;
+  t.spend = adapters::format_nano_units(v.values.spend);
+  t.prompt_tokens = v.values.prompt_tokens;
+  t.completion_tokens = v.values.completion_tokens;
+  t.cache_read_tokens = v.values.cache_read_tokens;
+  t.cache_creation_tokens = v.values.cache_creation_tokens;
+  t.requests = v.values.requests;
+  t.successful_requests = v.values.successful_requests;
+  t.failed_requests = v.values.failed_requests;
+  t.found = v.found;
+  return t;
+}
+
+/// Answers from the cache when every row is there (no lock, no message);
+/// else hands the job to the reader its first missing row hashes to, so
+/// concurrent misses of one row meet at one reader.
+read_result read_rows(runtime::impl& p, std::vector<adapters::spend_key> keys) {
+  if (!p.running)
+    return refuse(read_result::status::unavailable, "tally is not running");
+  if (!p.cache)
+    return refuse(read_result::status::unavailable,
+                  "reads need a postgres_url: this instance has no Postgres to read totals from");
+  auto job = std::make_shared<read_job>();
+  job->hashed.reserve(keys.size());
+  std::vector<cached_totals> values(keys.size());
+  std::optional<size_t> first_miss;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    job->hashed.push_back(make_entity_key(keys[i].type, keys[i].scope, keys[i].id));
+    if (first_miss)
+      continue;
+    if (auto hit = p.cache->lookup(job->hashed[i]))
+      values[i] = *hit;
+    else
+      first_miss = i;
+  }
+  read_result out;
+  if (first_miss) {
+    job->keys = keys;
+    auto answer = job->done.get_future();
+    {
+      std::lock_guard<std::mutex> lock(p.readers_mu);
+      if (p.readers.empty())
+        return refuse(read_result::status::unavailable, "tally is stopping");
+      caf::anon_send(p.readers[job->hashed[*first_miss].lo % p.readers.size()], read_atom::value, job);
+    }
+    job.reset();  // the reader's copy is the last: a stop breaks the promise
+    auto timeout = p.cfg.read_timeout;
+    if (answer.wait_for(timeout) != std::future_status::ready)
+      return refuse(read_result::status::unavailable,
+                    "postgres did not answer within read_timeout (" + std::to_string(timeout.count()) + " ms)");
+    read_job_result r;
+    try {
+      r = answer.get();
+    } catch (const std::future_error&) {
+      return refuse(read_result::status::unavailable, "tally is stopping");
+    }
+    if (!r.error.empty())
+      return refuse(read_result::status::unavailable, r.error);
+    values = std::move(r.values);
+  }
+  out.entities.reserve(keys.size());
+  for (size_t i = 0; i < keys.size(); ++i)
+    out.entities.push_back(totals_of(keys[i], values[i]));
+  return out;
+}
+
+std::string scope_problem(std::string_view type, std::string_view scope) {
+  if (type == "team_member")
+    return scope.empty() ? "team_member rows need the team id as scope" : id_problem(scope, "scope");
+  return scope.empty() ? std::string() : "a scope is only for team_member rows";
+}
+
+} // namespace
+
+read_result runtime::get(std::string_view entity_type, std::string_view id, std::string_view scope) const {
+  return mget(entity_type, std::vector<std::string>{std::string(id)}, scope);
+}
+
+read_result runtime::mget(std::string_view entity_type, const std::vector<std::string>& ids,
+                          std::string_view scope) const {
+  if (!known_entity_type(entity_type))
+    return refuse(read_result::status::bad_request,
+                  "unknown entity type '" + std::string(entity_type.substr(0, 64))
+                    + "': one of key, user, team, team_member, org, end_user, tag");
+  if (ids.empty() || ids.size() > max_mget_ids)
+    return refuse(read_result::status::bad_request,
+                  "between 1 and " + std::to_string(max_mget_ids) + " ids per read");
+  if (auto why = scope_problem(entity_type, scope); !why.empty())
+    return refuse(read_result::status::bad_request, why);
+  std::vector<adapters::spend_key> keys;
+  keys.reserve(ids.size());
+  for (const auto& id : ids) {
+    if (auto why = id_problem(id, "id"); !why.empty())
+      return refuse(read_result::status::bad_request, why);
+    keys.push_back({std::string(entity_type), std::string(scope), id});
+  }
+  return read_rows(*impl_, std::move(keys));
+}
+
 stats runtime::snapshot() const noexcept {
   stats st;
   if (impl_->ingest)
     impl_->ingest->add_counters(st);
+  if (const auto* cache = impl_->cache.get()) {
+    auto& c = const_cast<read_cache*>(cache)->counters();
+    st.read_hits = c.hits.load();
+    st.read_misses = c.misses.load();
+    st.read_queries = c.queries.load();
+    st.read_fills = c.fills.load();
+    st.read_stale_fills = c.stale_fills.load();
+    st.read_invalidated = c.invalidated.load();
+    st.read_invalidate_all = c.invalidate_all.load();
+    st.read_evictions = c.evictions.load();
+    st.read_entries = cache->entries();
+    st.read_ledger_batches = cache->ledger_batches();
+    st.read_ledger_overflow = c.ledger_overflow.load();
+    st.read_subscribed = cache->enabled() ? 1 : 0;
+    st.last_invalidation_ms = c.last_invalidation_ms.load();
+  }
   return st;
 }
 

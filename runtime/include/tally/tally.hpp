@@ -21,6 +21,7 @@
 #include <future>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace tally {
@@ -174,7 +175,47 @@ struct config {
   /// A batch this instance wrote but has not seen applied is pushed again
   /// after this long (producer retention, design §6).
   std::chrono::milliseconds repush_after{60000};
+
+  /// Read path (get/mget, TALLY.GET), used when postgres_url is set: rows
+  /// cached per instance, the longest a cached value is served without a
+  /// fresh read (a safety net: invalidations keep it true), Postgres
+  /// connections for cache misses, and the bound of one read.
+  uint32_t read_cache_entries = 65536;
+  std::chrono::milliseconds read_cache_ttl{60000};
+  uint32_t read_connections = 2;
+  std::chrono::milliseconds read_timeout{2000};
 };
+
+/// One tally_spend row as get() answers it: what Postgres holds plus this
+/// instance's own events not yet flushed.
+struct entity_totals {
+  std::string entity_type;
+  std::string scope;      // the team of a team_member row, else ""
+  std::string entity_id;
+  std::string spend = "0.000000000";  // exact decimal, nine fractional digits
+  int64_t prompt_tokens = 0;
+  int64_t completion_tokens = 0;
+  int64_t cache_read_tokens = 0;
+  int64_t cache_creation_tokens = 0;
+  int64_t requests = 0;
+  int64_t successful_requests = 0;
+  int64_t failed_requests = 0;
+  /// False: no row in Postgres and no unflushed event of this instance
+  /// (every measure is zero).
+  bool found = false;
+};
+
+struct read_result {
+  enum class status { ok, bad_request, unavailable };
+  status code = status::ok;
+  std::string error;  // why, when not ok
+  std::vector<entity_totals> entities;  // in request order, when ok
+};
+
+/// Entity types get() accepts (the entity_type column of tally_spend).
+inline constexpr const char* entity_types[] = {"key", "user", "team", "team_member", "org", "end_user", "tag"};
+/// Most ids one mget() reads.
+inline constexpr size_t max_mget_ids = 1000;
 
 /// Checks bounds and cross-field rules; the message names the option.
 /// Returns an empty string when `cfg` is valid.
@@ -208,6 +249,20 @@ struct stats {
   uint64_t redis_backlog_known = 0;   // 1 once the registry read it
   uint64_t retained = 0;              // batches kept until seen applied (producer retention)
   uint64_t repushed = 0;              // batches retention pushed again
+  // Read path (zero without a postgres_url).
+  uint64_t read_hits = 0;             // get() rows answered from the cache
+  uint64_t read_misses = 0;
+  uint64_t read_queries = 0;          // Postgres reads for misses
+  uint64_t read_fills = 0;            // values installed in the cache
+  uint64_t read_stale_fills = 0;      // fills thrown away: they raced an invalidation
+  uint64_t read_invalidated = 0;      // cached rows dropped by flush messages
+  uint64_t read_invalidate_all = 0;   // whole-cache drops (gap, resubscription)
+  uint64_t read_evictions = 0;
+  uint64_t read_entries = 0;          // rows cached now
+  uint64_t read_ledger_batches = 0;   // own batches read back but not yet applied
+  uint64_t read_ledger_overflow = 0;  // own batches not kept for reads (ledger full)
+  uint64_t read_subscribed = 0;       // 1 while invalidations arrive (cache on)
+  int64_t last_invalidation_ms = 0;   // wall ms of the newest invalidation, 0 = none yet
 
   /// Committed flushes by duration (preparing + transaction): count[i] is
   /// the flushes that took at most flush_bucket_ms[i] and more than the bound
@@ -281,6 +336,17 @@ public:
   /// the active Redis database (at most once a second; later calls within
   /// that second get the same view). Blocks for that read.
   cluster_view cluster() const;
+
+  /// The totals of one tally_spend row: `scope` is the team id of a
+  /// team_member row and empty otherwise. A cached value answers without a
+  /// lock; a miss reads Postgres (blocking, at most read_timeout). Needs a
+  /// postgres_url. Other instances' events show up once flushed and
+  /// announced (about buffer_interval + flush_interval); this instance's
+  /// own as soon as they are in a batch (at once for durable records).
+  read_result get(std::string_view entity_type, std::string_view id, std::string_view scope = {}) const;
+  /// Several rows of one type in one round trip (at most max_mget_ids).
+  read_result mget(std::string_view entity_type, const std::vector<std::string>& ids,
+                   std::string_view scope = {}) const;
 
   stats snapshot() const noexcept;
 
