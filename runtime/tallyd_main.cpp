@@ -9,7 +9,10 @@
 //      (a client that vanishes must not kill the daemon);
 //   3. runtime with CAF's io module, RESP listener, HTTP endpoint (a failure
 //      to start any of them exits 1 after stopping what started);
-//   4. sigwait: SIGHUP reloads the options marked runtime-changeable (the
+//   4. systemd (runtime/service_notify.hpp; nothing without NOTIFY_SOCKET):
+//      READY=1 once stage 1 can persist, WATCHDOG=1 while the actor system
+//      answers, RELOADING=1/READY=1 around a reload, STOPPING=1 on a stop;
+//   5. sigwait: SIGHUP reloads the options marked runtime-changeable (the
 //      Redis database list among them);
 //      SIGTERM/SIGINT stop: /readyz turns 503, the RESP acceptor and its
 //      connections close, runtime::stop() drains the queues, writes the final
@@ -22,6 +25,7 @@
 #include "runtime/http_server.hpp"
 #include "runtime/options.hpp"
 #include "runtime/runtime_internal.hpp"
+#include "runtime/service_notify.hpp"
 
 #include <caf/all.hpp>
 
@@ -138,6 +142,9 @@ int main(int argc, char** argv) {
                        << opts.http_bind << ":" << http.port() << " instance " << rt.instance_id()
                        << " namespace " << opts.runtime.ns
                        << (opts.runtime.postgres_url.empty() ? " (stage 2 off: postgres_url empty)" : ""));
+  service_notifier systemd(rt, [&http] { return http.readiness(); });
+  systemd.start("resp " + opts.resp.bind + ":" + std::to_string(listener.port) + ", http " + opts.http_bind + ":"
+                + std::to_string(http.port()) + ", instance " + rt.instance_id());
 
   int sig = 0;
   for (;;) {
@@ -145,8 +152,11 @@ int main(int argc, char** argv) {
       continue;
     if (sig != SIGHUP)
       break;
+    systemd.reloading();
     reload(opts, cl, rt);
+    systemd.reloaded();
   }
+  systemd.stopping();  // before runtime::stop(): the watchdog probes its actor system
   TALLY_INFO("tallyd", "stopping on " << (sig == SIGTERM ? "SIGTERM" : "SIGINT")
                        << ": closing listeners, draining");
   http.set_stopping();

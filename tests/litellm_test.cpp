@@ -31,49 +31,6 @@ const std::string failure_key = "a7a9052a04b562a7b1f146c0b63dc15ff16f5bddecbc17c
 const std::string cache_hit_key = "20bd27125441aab06132cf4d40076bb7986bd94f110fe03cb8631a40c0f303a7";
 const int repeat = 25;  // times feed.py logs each fixture
 
-/// tally_spend as "entity_type\tscope\tentity_id" -> "spend\tprompt\t...\tfailed".
-using spend_rows = std::map<std::string, std::string>;
-
-/// Splits a tab-separated row after its third column: the key, the measures.
-std::pair<std::string, std::string> split_key(const std::string& line) {
-  size_t tab = std::string::npos;
-  for (int i = 0; i < 3; ++i) {
-    tab = line.find('\t', tab == std::string::npos ? 0 : tab + 1);
-    if (tab == std::string::npos)
-      return {line, ""};
-  }
-  return {line.substr(0, tab), line.substr(tab + 1)};
-}
-
-/// Returns every row of `schema`.tally_spend in feed.py's line format.
-spend_rows read_spend(const postgres_server& pg, const std::string& schema) {
-  std::istringstream out(pg.psql(
-    "SELECT concat_ws(E'\\t', entity_type, scope, entity_id, spend, prompt_tokens, completion_tokens, "
-    "cache_read_tokens, cache_creation_tokens, requests, successful_requests, failed_requests) FROM "
-    + schema + ".tally_spend"));
-  spend_rows rows;
-  std::string line;
-  while (std::getline(out, line))
-    rows.insert(split_key(line));
-  return rows;
-}
-
-/// Lists the rows that differ, one per line; empty when the two are equal.
-std::string diff(const spend_rows& expected, const spend_rows& actual) {
-  std::string out;
-  for (const auto& [key, want] : expected) {
-    auto it = actual.find(key);
-    if (it == actual.end())
-      out += "missing  " + key + "\t" + want + "\n";
-    else if (it->second != want)
-      out += "differs  " + key + "\n  expected " + want + "\n  actual   " + it->second + "\n";
-  }
-  for (const auto& [key, got] : actual)
-    if (!expected.count(key))
-      out += "extra    " + key + "\t" + got + "\n";
-  return out;
-}
-
 /// Returns a python3 that can import redis.asyncio: the first on PATH, else
 /// Debian's, where scripts/setup installs python3-redis (a PATH python3 may
 /// be another installation, such as a pyenv shim).
@@ -110,16 +67,9 @@ protected:
                             std::to_string(d.resp_port), "--repeat", std::to_string(repeat), "--ack", ack}, 120s);
     ASSERT_EQ(code, 0) << out << slurp(d.log);
 
-    spend_rows expected;
-    long long events = 0;
-    std::istringstream lines(out);
-    std::string line;
-    while (std::getline(lines, line)) {
-      if (line.rfind("expect\t", 0) == 0)
-        expected.insert(split_key(line.substr(7)));
-      else if (line.rfind("events\t", 0) == 0)
-        events = std::stoll(line.substr(7));
-    }
+    const auto feed = parse_feed_output(out);
+    const spend_rows& expected = feed.rows;
+    const long long events = feed.events;
     ASSERT_GT(events, 0) << out;
     ASSERT_FALSE(expected.empty()) << out;
 
@@ -129,7 +79,7 @@ protected:
       << postgres_->psql(sum_sql) << slurp(d.log);
 
     const spend_rows actual = read_spend(*postgres_, ns);
-    EXPECT_EQ(diff(expected, actual), "") << "feed.py said:\n" << out;
+    EXPECT_EQ(diff_spend(expected, actual), "") << "feed.py said:\n" << out;
 
     // Measures: spend, prompt, completion, cache read, cache creation,
     // requests, successful, failed.

@@ -66,5 +66,54 @@ rollup_rows read_postgres(const postgres_server& pg, const std::string& schema) 
   return out;
 }
 
+std::pair<std::string, std::string> split_spend_key(const std::string& line) {
+  size_t tab = std::string::npos;
+  for (int i = 0; i < 3; ++i) {
+    tab = line.find('\t', tab == std::string::npos ? 0 : tab + 1);
+    if (tab == std::string::npos)
+      return {line, ""};
+  }
+  return {line.substr(0, tab), line.substr(tab + 1)};
+}
+
+spend_rows read_spend(const postgres_server& pg, const std::string& schema) {
+  std::istringstream out(pg.psql(
+    "SELECT concat_ws(E'\\t', entity_type, scope, entity_id, spend, prompt_tokens, completion_tokens, "
+    "cache_read_tokens, cache_creation_tokens, requests, successful_requests, failed_requests) FROM "
+    + schema + ".tally_spend"));
+  spend_rows rows;
+  std::string line;
+  while (std::getline(out, line))
+    rows.insert(split_spend_key(line));
+  return rows;
+}
+
+feed_expectation parse_feed_output(const std::string& out) {
+  feed_expectation e;
+  std::istringstream lines(out);
+  std::string line;
+  while (std::getline(lines, line)) {
+    if (line.rfind("expect\t", 0) == 0)
+      e.rows.insert(split_spend_key(line.substr(7)));
+    else if (line.rfind("events\t", 0) == 0)
+      e.events = std::stoll(line.substr(7));
+  }
+  return e;
+}
+
+std::string diff_spend(const spend_rows& expected, const spend_rows& actual) {
+  std::string out;
+  for (const auto& [key, want] : expected) {
+    auto it = actual.find(key);
+    if (it == actual.end())
+      out += "missing  " + key + "\t" + want + "\n";
+    else if (it->second != want)
+      out += "differs  " + key + "\n  expected " + want + "\n  actual   " + it->second + "\n";
+  }
+  for (const auto& [key, got] : actual)
+    if (!expected.count(key))
+      out += "extra    " + key + "\t" + got + "\n";
+  return out;
+}
 
 } // namespace tally::testing
