@@ -230,19 +230,22 @@ TEST_F(ReadPath, AFillThatRacedAnInvalidationIsNeverServed) {
   ASSERT_TRUE(writer.wait_ready()) << writer.log;
   record(writer.resp_port, "carol", "1");
   ASSERT_TRUE(wait_for([&] { return pg_spend("rp_race", "carol") == "1.000000000\n"; }, 10s));
-  // The reader's first fill stops for 3 s between its query and its install.
+  // The reader's first fill stops for 5 s between its query and its install.
   tallyd_process reader(with(args("rp_race", "r", {redis.url()}), {"--read-timeout", "20s"}),
-                        {"TALLY_FAILPOINT=read_before_install", "TALLY_FAILPOINT_PAUSE_MS=3000"});
+                        {"TALLY_FAILPOINT=read_before_install", "TALLY_FAILPOINT_PAUSE_MS=5000"});
   ASSERT_TRUE(reader.wait_ready()) << reader.log;
   ASSERT_TRUE(subscribed(reader));
   totals first;
   std::thread slow([&] { first = get(reader.resp_port, {"user", "carol"}); });
   // While the fill holds 1.0, the writer adds 2.0 and the flush is announced.
-  std::this_thread::sleep_for(500ms);
+  bool paused = wait_for([&] {
+    return slurp(reader.log).find("failpoint read_before_install: pausing") != std::string::npos;
+  }, 10s);
+  EXPECT_TRUE(paused) << slurp(reader.log);
   record(writer.resp_port, "carol", "2");
-  ASSERT_TRUE(wait_for([&] { return pg_spend("rp_race", "carol") == "3.000000000\n"; }, 10s));
+  bool flushed = wait_for([&] { return pg_spend("rp_race", "carol") == "3.000000000\n"; }, 10s);
   slow.join();
-  EXPECT_NE(slurp(reader.log).find("failpoint read_before_install: pausing"), std::string::npos) << reader.log;
+  ASSERT_TRUE(paused && flushed);
   // The stale fill was read again: the answer and the cache hold 3.0.
   EXPECT_EQ(first["spend"], "3.000000000") << first["error"];
   EXPECT_EQ(get(reader.resp_port, {"user", "carol"})["spend"], "3.000000000");
