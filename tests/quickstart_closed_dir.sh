@@ -40,6 +40,8 @@ if ! out=$(QUICKSTART_TALLYD=$tallyd QUICKSTART_EVENTS=2000 "$checkout/scripts/q
 fi
 echo "$out" | tail -25
 grep -q "demo-key" <<<"$out" || fail "no totals for demo-key printed"
+# bob's one event (spend 0.25) read back through TALLY.GET from the other instance.
+grep -q "entity_id bob found 1 spend 0.250000000" <<<"$out" || fail "TALLY.GET user bob did not show bob's spend"
 if [[ $(id -u) -eq 0 ]]; then
   grep -q "Postgres keeps its data in /var/tmp/tally-postgres-" <<<"$out" ||
     fail "as root under a closed directory, the output does not say where Postgres keeps its data"

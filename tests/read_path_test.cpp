@@ -107,10 +107,15 @@ protected:
     return a;
   }
 
-  /// Postgres' spend of a user, as text ("" when no row).
+  /// Postgres' spend of a user, as text ("" when no row, or no table yet:
+  /// tallyd creates its tables when it first connects).
   static std::string pg_spend(const std::string& ns, const std::string& user) {
-    return postgres_->psql("SELECT spend FROM " + ns + ".tally_spend WHERE entity_type = 'user' AND entity_id = '"
-                           + user + "'");
+    try {
+      return postgres_->psql("SELECT spend FROM " + ns + ".tally_spend WHERE entity_type = 'user' AND entity_id = '"
+                             + user + "'");
+    } catch (const std::exception&) {
+      return "";
+    }
   }
 
   /// Waits until the instance's cache is on (subscribed to invalidations).
