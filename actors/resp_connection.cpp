@@ -1019,27 +1019,68 @@ private:
     put(b, "\r\n");
   }
 
+  /// One row's reply, formatted into one buffer and appended once: a
+  /// read-heavy gateway pipelines these, and two dozen small appends per
+  /// reply cost more than the lookup.
   void put_totals(std::vector<char>& b, const entity_totals& e) {
-    put_int(b, '*', 24);
-    put_bulk(b, "entity_type");
-    put_bulk(b, e.entity_type);
-    put_bulk(b, "scope");
-    put_bulk(b, e.scope);
-    put_bulk(b, "entity_id");
-    put_bulk(b, e.entity_id);
-    put_bulk(b, "found");
-    put_int(b, ':', e.found ? 1 : 0);
-    put_bulk(b, "spend");
-    put_bulk(b, e.spend);
-    const std::pair<const char*, int64_t> counts[] = {
-      {"prompt_tokens", e.prompt_tokens},       {"completion_tokens", e.completion_tokens},
-      {"cache_read_tokens", e.cache_read_tokens}, {"cache_creation_tokens", e.cache_creation_tokens},
-      {"requests", e.requests},                 {"successful_requests", e.successful_requests},
-      {"failed_requests", e.failed_requests}};
-    for (const auto& [name, value] : counts) {
-      put_bulk(b, name);
-      put_int(b, ':', value);
-    }
+    char buf[1024];  // ids are at most 256 bytes each: the reply fits
+    char* p = buf;
+    auto raw = [&](string_view s) {
+      std::memcpy(p, s.data(), s.size());
+      p += s.size();
+    };
+    auto number = [&](uint64_t v) {
+      char tmp[24];
+      int n = 0;
+      do {
+        tmp[n++] = static_cast<char>('0' + v % 10);
+        v /= 10;
+      } while (v != 0);
+      while (n > 0)
+        *p++ = tmp[--n];
+    };
+    auto bulk = [&](string_view s) {
+      *p++ = '$';
+      number(s.size());
+      raw("\r\n");
+      raw(s);
+      raw("\r\n");
+    };
+    auto integer = [&](int64_t v) {
+      *p++ = ':';
+      if (v < 0) {
+        *p++ = '-';
+        number(static_cast<uint64_t>(-(v + 1)) + 1);
+      } else {
+        number(static_cast<uint64_t>(v));
+      }
+      raw("\r\n");
+    };
+    raw("*24\r\n$11\r\nentity_type\r\n");
+    bulk(e.entity_type);
+    raw("$5\r\nscope\r\n");
+    bulk(e.scope);
+    raw("$9\r\nentity_id\r\n");
+    bulk(e.entity_id);
+    raw("$5\r\nfound\r\n");
+    integer(e.found ? 1 : 0);
+    raw("$5\r\nspend\r\n");
+    bulk(e.spend);
+    raw("$13\r\nprompt_tokens\r\n");
+    integer(e.prompt_tokens);
+    raw("$17\r\ncompletion_tokens\r\n");
+    integer(e.completion_tokens);
+    raw("$17\r\ncache_read_tokens\r\n");
+    integer(e.cache_read_tokens);
+    raw("$21\r\ncache_creation_tokens\r\n");
+    integer(e.cache_creation_tokens);
+    raw("$8\r\nrequests\r\n");
+    integer(e.requests);
+    raw("$19\r\nsuccessful_requests\r\n");
+    integer(e.successful_requests);
+    raw("$15\r\nfailed_requests\r\n");
+    integer(e.failed_requests);
+    b.insert(b.end(), buf, p);
   }
 
   /// TALLY.DB LIST | ADD url [weight] | REMOVE url | WEIGHT url weight |

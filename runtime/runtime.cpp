@@ -488,11 +488,11 @@ read_result refuse(read_result::status code, std::string why) {
   return r;
 }
 
-entity_totals totals_of(const adapters::spend_key& k, const cached_totals& v) {
+entity_totals totals_of(adapters::spend_key&& k, const cached_totals& v) {
   entity_totals t;
-  t.entity_type = k.type;
-  t.scope = k.scope;
-  t.entity_id = k.id;
+  t.entity_type = std::move(k.type);
+  t.scope = std::move(k.scope);
+  t.entity_id = std::move(k.id);
   t.spend = adapters::format_nano_units(v.values.spend);
   t.prompt_tokens = v.values.prompt_tokens;
   t.completion_tokens = v.values.completion_tokens;
@@ -514,22 +514,23 @@ read_result read_rows(runtime::impl& p, std::vector<adapters::spend_key> keys) {
   if (!p.cache)
     return refuse(read_result::status::unavailable,
                   "reads need a postgres_url: this instance has no Postgres to read totals from");
-  auto job = std::make_shared<read_job>();
-  job->hashed.reserve(keys.size());
+  std::vector<entity_key> hashed;
+  hashed.reserve(keys.size());
   std::vector<cached_totals> values(keys.size());
   std::optional<size_t> first_miss;
   for (size_t i = 0; i < keys.size(); ++i) {
-    job->hashed.push_back(make_entity_key(keys[i].type, keys[i].scope, keys[i].id));
+    hashed.push_back(make_entity_key(keys[i].type, keys[i].scope, keys[i].id));
     if (first_miss)
       continue;
-    if (auto hit = p.cache->lookup(job->hashed[i]))
+    if (auto hit = p.cache->lookup(hashed[i]))
       values[i] = *hit;
     else
       first_miss = i;
   }
-  read_result out;
   if (first_miss) {
+    auto job = std::make_shared<read_job>();
     job->keys = keys;
+    job->hashed = std::move(hashed);
     auto answer = job->done.get_future();
     {
       std::lock_guard<std::mutex> lock(p.readers_mu);
@@ -552,9 +553,10 @@ read_result read_rows(runtime::impl& p, std::vector<adapters::spend_key> keys) {
       return refuse(read_result::status::unavailable, r.error);
     values = std::move(r.values);
   }
+  read_result out;
   out.entities.reserve(keys.size());
   for (size_t i = 0; i < keys.size(); ++i)
-    out.entities.push_back(totals_of(keys[i], values[i]));
+    out.entities.push_back(totals_of(std::move(keys[i]), values[i]));
   return out;
 }
 
@@ -566,29 +568,39 @@ std::string scope_problem(std::string_view type, std::string_view scope) {
 
 } // namespace
 
-read_result runtime::get(std::string_view entity_type, std::string_view id, std::string_view scope) const {
-  return mget(entity_type, std::vector<std::string>{std::string(id)}, scope);
-}
+namespace {
 
-read_result runtime::mget(std::string_view entity_type, const std::vector<std::string>& ids,
-                          std::string_view scope) const {
+template <class Ids>
+read_result read_checked(runtime::impl& p, std::string_view entity_type, const Ids& ids, std::string_view scope) {
   if (!known_entity_type(entity_type))
     return refuse(read_result::status::bad_request,
                   "unknown entity type '" + std::string(entity_type.substr(0, 64))
                     + "': one of key, user, team, team_member, org, end_user, tag");
-  if (ids.empty() || ids.size() > max_mget_ids)
+  if (std::size(ids) == 0 || std::size(ids) > max_mget_ids)
     return refuse(read_result::status::bad_request,
                   "between 1 and " + std::to_string(max_mget_ids) + " ids per read");
   if (auto why = scope_problem(entity_type, scope); !why.empty())
     return refuse(read_result::status::bad_request, why);
   std::vector<adapters::spend_key> keys;
-  keys.reserve(ids.size());
+  keys.reserve(std::size(ids));
   for (const auto& id : ids) {
     if (auto why = id_problem(id, "id"); !why.empty())
       return refuse(read_result::status::bad_request, why);
-    keys.push_back({std::string(entity_type), std::string(scope), id});
+    keys.push_back({std::string(entity_type), std::string(scope), std::string(id)});
   }
-  return read_rows(*impl_, std::move(keys));
+  return read_rows(p, std::move(keys));
+}
+
+} // namespace
+
+read_result runtime::get(std::string_view entity_type, std::string_view id, std::string_view scope) const {
+  std::string_view one[1] = {id};
+  return read_checked(*impl_, entity_type, one, scope);
+}
+
+read_result runtime::mget(std::string_view entity_type, const std::vector<std::string>& ids,
+                          std::string_view scope) const {
+  return read_checked(*impl_, entity_type, ids, scope);
 }
 
 stats runtime::snapshot() const noexcept {
