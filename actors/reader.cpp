@@ -27,7 +27,7 @@ read_job_result run(reader_state& st, read_job& job) {
   std::vector<size_t> pending;
   for (size_t i = 0; i < job.keys.size(); ++i) {
     // Another job may have filled it while this one waited in the mailbox.
-    if (auto hit = st.cache->lookup(job.hashed[i]))
+    if (auto hit = st.cache->lookup(job.hashed[i], false))
       out.values[i] = *hit;
     else
       pending.push_back(i);

@@ -92,9 +92,10 @@ read_cache::read_cache(size_t capacity, std::chrono::milliseconds ttl, size_t le
 
 read_cache::~read_cache() = default;
 
-std::optional<cached_totals> read_cache::lookup(const entity_key& k) noexcept {
+std::optional<cached_totals> read_cache::lookup(const entity_key& k, bool count) noexcept {
   if (!enabled_.load(std::memory_order_acquire)) {
-    counters_.misses.fetch_add(1, std::memory_order_relaxed);
+    if (count)
+      counters_.misses.fetch_add(1, std::memory_order_relaxed);
     return std::nullopt;
   }
   slot* set = &slots_[(k.lo % sets_) * ways];
@@ -127,11 +128,13 @@ std::optional<cached_totals> read_cache::lookup(const entity_key& k) noexcept {
       for (int j = 0; j < 7; ++j)
         counts[j] = static_cast<int64_t>(w[word_counts + j]);
       out.found = w[word_found] != 0;
-      counters_.hits.fetch_add(1, std::memory_order_relaxed);
+      if (count)
+        counters_.hits.fetch_add(1, std::memory_order_relaxed);
       return out;
     }
   }
-  counters_.misses.fetch_add(1, std::memory_order_relaxed);
+  if (count)
+    counters_.misses.fetch_add(1, std::memory_order_relaxed);
   return std::nullopt;
 }
 

@@ -95,7 +95,9 @@ public:
   // -- reads (no lock) --------------------------------------------------------
 
   /// The cached value of `k`, if present, fresh, and the cache is enabled.
-  std::optional<cached_totals> lookup(const entity_key& k) noexcept;
+  /// `count` false: a second look (a reader's, after the caller's miss) that
+  /// the hit/miss counters must not see twice.
+  std::optional<cached_totals> lookup(const entity_key& k, bool count = true) noexcept;
 
   // -- fills ------------------------------------------------------------------
 

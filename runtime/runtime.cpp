@@ -520,11 +520,9 @@ read_result read_rows(runtime::impl& p, std::vector<adapters::spend_key> keys) {
   std::optional<size_t> first_miss;
   for (size_t i = 0; i < keys.size(); ++i) {
     hashed.push_back(make_entity_key(keys[i].type, keys[i].scope, keys[i].id));
-    if (first_miss)
-      continue;
     if (auto hit = p.cache->lookup(hashed[i]))
       values[i] = *hit;
-    else
+    else if (!first_miss)
       first_miss = i;
   }
   if (first_miss) {
