@@ -9,6 +9,7 @@
 // events, and every tally_spend row must equal that expectation: spend to the
 // nano-unit, every token count and request counter.
 #include "tests/harness/servers.hpp"
+#include "tests/support/shared_servers.hpp"
 #include "tests/support/postgres_rows.hpp"
 #include "tests/support/tallyd_process.hpp"
 
@@ -41,16 +42,8 @@ std::string python_with_redis() {
   return "";
 }
 
-class LiteLLM : public ::testing::Test {
+class LiteLLM : public shared_servers {
 protected:
-  static void SetUpTestSuite() {
-    redis_ = new redis_server();
-    postgres_ = new postgres_server();
-  }
-  static void TearDownTestSuite() {
-    delete postgres_;
-    delete redis_;
-  }
 
   /// Starts a tallyd in namespace and schema `ns`, feeds it every fixture
   /// with `ack` replies, waits for the flush and checks every tally_spend row.
@@ -111,11 +104,7 @@ protected:
     EXPECT_EQ(d.terminate(), 0) << slurp(d.log);
   }
 
-  static redis_server* redis_;
-  static postgres_server* postgres_;
 };
-redis_server* LiteLLM::redis_ = nullptr;
-postgres_server* LiteLLM::postgres_ = nullptr;
 
 } // namespace
 

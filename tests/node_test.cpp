@@ -9,6 +9,7 @@
 // calls through TallyClient and prints the tally_spend rows it derives from
 // the calls on its own; every row in Postgres must equal them.
 #include "tests/harness/servers.hpp"
+#include "tests/support/shared_servers.hpp"
 #include "tests/support/postgres_rows.hpp"
 #include "tests/support/tallyd_process.hpp"
 
@@ -32,7 +33,7 @@ std::string find_tool(std::initializer_list<const char*> names) {
   return "";
 }
 
-class NodeExample : public ::testing::Test {
+class NodeExample : public shared_servers {
 protected:
   static void SetUpTestSuite() {
     node_ = find_tool({"node", "/usr/bin/node", "nodejs"});
@@ -42,12 +43,7 @@ protected:
                               "--no-fund"}, 300s);
       npm_ci_ = code == 0 ? "" : "npm ci failed (" + std::to_string(code) + "):\n" + out;
     }
-    redis_ = new redis_server();
-    postgres_ = new postgres_server();
-  }
-  static void TearDownTestSuite() {
-    delete postgres_;
-    delete redis_;
+    shared_servers::SetUpTestSuite();
   }
 
   /// Starts a tallyd in namespace and schema `ns`, runs feed.js with `ack`
@@ -87,12 +83,8 @@ protected:
   }
 
   static std::string node_, npm_, npm_ci_;
-  static redis_server* redis_;
-  static postgres_server* postgres_;
 };
 std::string NodeExample::node_, NodeExample::npm_, NodeExample::npm_ci_;
-redis_server* NodeExample::redis_ = nullptr;
-postgres_server* NodeExample::postgres_ = nullptr;
 
 } // namespace
 

@@ -8,6 +8,7 @@
 // SIGHUP must give RELOADING=1 then READY=1; SIGTERM must give STOPPING=1,
 // with nothing after it, and exit 0.
 #include "tests/harness/servers.hpp"
+#include "tests/support/shared_servers.hpp"
 #include "tests/support/tallyd_process.hpp"
 
 #include <gtest/gtest.h>
@@ -82,21 +83,9 @@ bool has(const std::string& datagram, const std::string& line) {
   return ("\n" + datagram + "\n").find("\n" + line + "\n") != std::string::npos;
 }
 
-class TallydNotify : public ::testing::Test {
+class TallydNotify : public shared_servers {
 protected:
-  static void SetUpTestSuite() {
-    redis_ = new redis_server();
-    postgres_ = new postgres_server();
-  }
-  static void TearDownTestSuite() {
-    delete postgres_;
-    delete redis_;
-  }
-  static redis_server* redis_;
-  static postgres_server* postgres_;
 };
-redis_server* TallydNotify::redis_ = nullptr;
-postgres_server* TallydNotify::postgres_ = nullptr;
 
 } // namespace
 

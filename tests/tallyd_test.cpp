@@ -8,6 +8,7 @@
 // shutdown is checked by what reached Redis and Postgres.
 #include "runtime/options.hpp"
 #include "tests/harness/servers.hpp"
+#include "tests/support/shared_servers.hpp"
 #include "adapters/redis_client.hpp"
 #include "tests/support/batches.hpp"
 #include "tests/support/postgres_rows.hpp"
@@ -52,27 +53,15 @@ std::string redis_cli_pipe(int port, const std::vector<std::vector<std::string>>
 }
 
 /// Servers shared by the suite (an initdb per test would dominate the run).
-class Tallyd : public ::testing::Test {
+class Tallyd : public shared_servers {
 protected:
-  static void SetUpTestSuite() {
-    redis_ = new redis_server();
-    postgres_ = new postgres_server();
-  }
-  static void TearDownTestSuite() {
-    delete postgres_;
-    delete redis_;
-  }
   /// Flags that every test needs: free ports, the suite's servers, fast intervals.
   static std::vector<std::string> base_args(const std::string& ns, bool stage2) {
     return {"--ns", ns, "--redis-urls", redis_->url(), "--postgres-url", stage2 ? postgres_->url() : "",
             "--resp-port", "0", "--http-port", "0", "--buffer-interval", "100ms", "--flush-interval", "100ms",
             "--worker-threads", "2", "--state-dir", temp_dir("tally-state-")};
   }
-  static redis_server* redis_;
-  static postgres_server* postgres_;
 };
-redis_server* Tallyd::redis_ = nullptr;
-postgres_server* Tallyd::postgres_ = nullptr;
 
 } // namespace
 
