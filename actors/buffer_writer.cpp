@@ -392,11 +392,11 @@ void after_cycle(writer_actor* self) {
 /// Own writes are read back at once: the batch joins the read cache's
 /// ledger before any durable reply for it can go out.
 void remember_for_reads(read_cache& cache, const adapters::batch& part) {
-  auto rows = adapters::spend_rows_of(part);
   std::vector<std::pair<entity_key, measure_values>> deltas;
-  deltas.reserve(rows.size());
-  for (const auto& r : rows)
-    deltas.emplace_back(make_entity_key(r.key.type, r.key.scope, r.key.id), r.values);
+  adapters::for_each_spend_row(part, [&](std::string_view type, std::string_view scope, std::string_view id,
+                                         const measure_values& m) {
+    deltas.emplace_back(make_entity_key(type, scope, id), m);
+  });
   cache.add_batch(part.id, std::move(deltas));
 }
 

@@ -7,6 +7,7 @@
 #include "adapters/flush_sql.hpp"
 #include "adapters/read_sql.hpp"
 #include "core/invalidation.hpp"
+#include "core/read_cache.hpp"
 #include "core/failpoint.hpp"
 #include "core/log.hpp"
 
@@ -163,22 +164,21 @@ std::string invalidation_of(const std::vector<adapters::batch>& batches, const s
   m.leader = leader;
   m.epoch = epoch;
   m.seq = seq;
-  std::unordered_set<std::string> seen;
+  std::unordered_set<entity_key, entity_key_hash> seen;
   for (const auto& b : batches) {
     if (m.batch_ids.size() < invalidation_max_batch_ids)
       m.batch_ids.push_back(b.id);
-    if (m.all)
-      continue;
-    for (auto& row : adapters::spend_rows_of(b)) {
-      if (!seen.insert(row.key.type + '\x1f' + row.key.scope + '\x1f' + row.key.id).second)
-        continue;
+    adapters::for_each_spend_row(b, [&](std::string_view type, std::string_view scope, std::string_view id,
+                                        const measure_values&) {
+      if (m.all || !seen.insert(make_entity_key(type, scope, id)).second)
+        return;
       if (m.entities.size() == invalidation_max_entities) {
-        m.all = true;
+        m.all = true;  // too many to name: readers drop everything
         m.entities.clear();
-        break;
+        return;
       }
-      m.entities.push_back({std::move(row.key.type), std::move(row.key.scope), std::move(row.key.id)});
-    }
+      m.entities.push_back({std::string(type), std::string(scope), std::string(id)});
+    });
   }
   return encode_invalidation(m);
 }

@@ -116,26 +116,32 @@ void put(std::vector<char>& b, string_view s) {
   b.insert(b.end(), s.data(), s.data() + s.size());
 }
 
-void put_uint(std::vector<char>& b, uint64_t v) {
-  char tmp[24];
+/// Writes the decimal digits of `v` (with '-' when negative) at `out`
+/// (room for 20 bytes); returns the end.
+char* format_int(char* out, int64_t v) {
+  uint64_t u = static_cast<uint64_t>(v);
+  if (v < 0) {
+    *out++ = '-';
+    u = static_cast<uint64_t>(-(v + 1)) + 1;
+  }
+  char tmp[20];
   int n = 0;
   do {
-    tmp[n++] = static_cast<char>('0' + v % 10);
-    v /= 10;
-  } while (v != 0);
+    tmp[n++] = static_cast<char>('0' + u % 10);
+    u /= 10;
+  } while (u != 0);
   while (n > 0)
-    b.push_back(tmp[--n]);
+    *out++ = tmp[--n];
+  return out;
 }
 
 void put_int(std::vector<char>& b, char type, int64_t v) {
-  b.push_back(type);
-  if (v < 0) {
-    b.push_back('-');
-    put_uint(b, static_cast<uint64_t>(-(v + 1)) + 1);
-  } else {
-    put_uint(b, static_cast<uint64_t>(v));
-  }
-  put(b, "\r\n");
+  char tmp[24];
+  tmp[0] = type;
+  char* end = format_int(tmp + 1, v);
+  *end++ = '\r';
+  *end++ = '\n';
+  b.insert(b.end(), tmp, end);
 }
 
 void put_bulk(std::vector<char>& b, string_view s) {
@@ -417,7 +423,7 @@ private:
     global_resp_counters().buffer_limit_closes.fetch_add(1, std::memory_order_relaxed);
     auto& b = sink();
     put(b, "-ERR Protocol error: request larger than the connection buffer limit of ");
-    put_uint(b, st_.ctx->opts.max_buffered_bytes);
+    put(b, std::to_string(st_.ctx->opts.max_buffered_bytes));
     put(b, " bytes\r\n");
     st_.closing = true;
     st_.in.clear();
@@ -1029,31 +1035,16 @@ private:
       std::memcpy(p, s.data(), s.size());
       p += s.size();
     };
-    auto number = [&](uint64_t v) {
-      char tmp[24];
-      int n = 0;
-      do {
-        tmp[n++] = static_cast<char>('0' + v % 10);
-        v /= 10;
-      } while (v != 0);
-      while (n > 0)
-        *p++ = tmp[--n];
-    };
     auto bulk = [&](string_view s) {
       *p++ = '$';
-      number(s.size());
+      p = format_int(p, static_cast<int64_t>(s.size()));
       raw("\r\n");
       raw(s);
       raw("\r\n");
     };
     auto integer = [&](int64_t v) {
       *p++ = ':';
-      if (v < 0) {
-        *p++ = '-';
-        number(static_cast<uint64_t>(-(v + 1)) + 1);
-      } else {
-        number(static_cast<uint64_t>(v));
-      }
+      p = format_int(p, v);
       raw("\r\n");
     };
     raw("*24\r\n$11\r\nentity_type\r\n");

@@ -96,26 +96,4 @@ result<read_answer> read_spend(pg_client& pg, const std::string& schema, const s
   return out;
 }
 
-std::vector<batch_spend_row> spend_rows_of(const batch& b) {
-  std::vector<batch_spend_row> out;
-  const auto& spec = rollup_specs().front();  // tally_spend
-  for (const auto& t : b.tables) {
-    if (t.name != spec.table || t.key_columns.size() != 3 || t.measure_columns.size() != 8)
-      continue;
-    out.reserve(out.size() + t.rows.size());
-    for (const auto& row : t.rows) {
-      if (row.keys.size() != 3 || row.values.size() != 8)
-        continue;
-      batch_spend_row r;
-      r.key = {row.keys[0], row.keys[1], row.keys[2]};
-      r.values.spend = row.values[0];
-      int64_t* counts = &r.values.prompt_tokens;
-      for (int j = 0; j < 7; ++j)
-        counts[j] = static_cast<int64_t>(row.values[1 + j]);
-      out.push_back(std::move(r));
-    }
-  }
-  return out;
-}
-
 } // namespace tally::adapters

@@ -7,6 +7,7 @@
 
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace tally::adapters {
@@ -32,12 +33,26 @@ result<read_answer> read_spend(pg_client& pg, const std::string& schema, const s
 /// exact nano-units. False for anything else.
 bool parse_numeric_nanos(std::string_view text, __int128& out) noexcept;
 
-/// The tally_spend rows of a batch (the rows TALLY.GET reads), with their
-/// measures; other tables are skipped.
-struct batch_spend_row {
-  spend_key key;
-  measure_values values;
-};
-std::vector<batch_spend_row> spend_rows_of(const batch& b);
+/// Calls f(type, scope, id, measures) for every tally_spend row of `b` (the
+/// rows TALLY.GET reads); other tables are skipped. The views live as long
+/// as `b`.
+template <class F>
+void for_each_spend_row(const batch& b, F&& f) {
+  const auto& spec = rollup_specs().front();  // tally_spend
+  for (const auto& t : b.tables) {
+    if (t.name != spec.table || t.key_columns.size() != 3 || t.measure_columns.size() != 8)
+      continue;
+    for (const auto& row : t.rows) {
+      if (row.keys.size() != 3 || row.values.size() != 8)
+        continue;
+      measure_values m;  // tally_spend's measure columns are measure_values' members, in order
+      m.spend = row.values[0];
+      int64_t* counts = &m.prompt_tokens;
+      for (int j = 0; j < 7; ++j)
+        counts[j] = static_cast<int64_t>(row.values[1 + j]);
+      f(std::string_view(row.keys[0]), std::string_view(row.keys[1]), std::string_view(row.keys[2]), m);
+    }
+  }
+}
 
 } // namespace tally::adapters

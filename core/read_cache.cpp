@@ -45,6 +45,18 @@ static_assert(offsetof(measure_values, failed_requests) - offsetof(measure_value
                   == 6 * sizeof(int64_t),
               "the seven counts of measure_values are contiguous");
 
+/// A slot's words back into a value (the inverse of write_slot).
+cached_totals decode(const uint64_t (&w)[words]) noexcept {
+  cached_totals out;
+  out.values.spend =
+    static_cast<__int128>((static_cast<unsigned __int128>(w[word_spend_hi]) << 64) | w[word_spend_lo]);
+  int64_t* counts = counts_of(out.values);
+  for (int j = 0; j < 7; ++j)
+    counts[j] = static_cast<int64_t>(w[word_counts + j]);
+  out.found = w[word_found] != 0;
+  return out;
+}
+
 } // namespace
 
 entity_key make_entity_key(std::string_view type, std::string_view scope, std::string_view id) noexcept {
@@ -121,16 +133,9 @@ std::optional<cached_totals> read_cache::lookup(const entity_key& k, bool count)
         break;
       if (s.referenced.load(std::memory_order_relaxed) == 0)
         s.referenced.store(1, std::memory_order_relaxed);
-      cached_totals out;
-      out.values.spend = static_cast<__int128>((static_cast<unsigned __int128>(w[word_spend_hi]) << 64)
-                                               | w[word_spend_lo]);
-      int64_t* counts = counts_of(out.values);
-      for (int j = 0; j < 7; ++j)
-        counts[j] = static_cast<int64_t>(w[word_counts + j]);
-      out.found = w[word_found] != 0;
       if (count)
         counters_.hits.fetch_add(1, std::memory_order_relaxed);
-      return out;
+      return decode(w);
     }
   }
   if (count)
@@ -216,13 +221,16 @@ read_cache::fill_ticket read_cache::begin_fill(const entity_key& k) {
   return t;
 }
 
+void read_cache::release_fill_locked(const entity_key& k) {
+  auto it = fills_.find(k);
+  if (it != fills_.end() && --it->second.active == 0)
+    fills_.erase(it);
+}
+
 void read_cache::abandon_fills(const std::vector<fill_ticket>& tickets) {
   std::lock_guard<std::mutex> lock(mu_);
-  for (const auto& t : tickets) {
-    auto it = fills_.find(t.key);
-    if (it != fills_.end() && --it->second.active == 0)
-      fills_.erase(it);
-  }
+  for (const auto& t : tickets)
+    release_fill_locked(t.key);
 }
 
 std::vector<std::optional<cached_totals>>
@@ -244,9 +252,7 @@ read_cache::finish_fills(const std::vector<fill_ticket>& tickets, const std::vec
   int64_t now = steady_now_ms();
   for (size_t i = 0; i < tickets.size(); ++i) {
     const auto& t = tickets[i];
-    auto it = fills_.find(t.key);
-    if (it != fills_.end() && --it->second.active == 0)
-      fills_.erase(it);
+    release_fill_locked(t.key);
     if (stale[i]) {
       counters_.stale_fills.fetch_add(1, std::memory_order_relaxed);
       continue;
@@ -294,12 +300,7 @@ void read_cache::add_batch(const std::string& id, std::vector<std::pair<entity_k
       uint64_t w[words];
       for (int j = 0; j < words; ++j)
         w[j] = s->w[j].load(std::memory_order_relaxed);
-      cached_totals v;
-      v.values.spend = static_cast<__int128>((static_cast<unsigned __int128>(w[word_spend_hi]) << 64)
-                                             | w[word_spend_lo]);
-      int64_t* counts = counts_of(v.values);
-      for (int j = 0; j < 7; ++j)
-        counts[j] = static_cast<int64_t>(w[word_counts + j]);
+      cached_totals v = decode(w);
       v.values.add(m);
       v.found = true;
       write_slot(*s, k, v, static_cast<int64_t>(w[word_filled]));

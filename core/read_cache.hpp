@@ -160,6 +160,7 @@ private:
   void write_slot(slot& s, const entity_key& k, const cached_totals& v, int64_t filled_ms);
   void clear_slot(slot& s);
   void touch_fill_locked(const entity_key& k);
+  void release_fill_locked(const entity_key& k);
   void retire_locked(const std::string& id);
 
   std::unique_ptr<slot[]> slots_;

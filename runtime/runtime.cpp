@@ -605,8 +605,8 @@ stats runtime::snapshot() const noexcept {
   stats st;
   if (impl_->ingest)
     impl_->ingest->add_counters(st);
-  if (const auto* cache = impl_->cache.get()) {
-    auto& c = const_cast<read_cache*>(cache)->counters();
+  if (auto* cache = impl_->cache.get()) {
+    auto& c = cache->counters();
     st.read_hits = c.hits.load();
     st.read_misses = c.misses.load();
     st.read_queries = c.queries.load();
