@@ -782,6 +782,19 @@ std::string apply_environment(daemon_options& o, const std::map<std::string, std
   return {};
 }
 
+std::string check_option_bounds(const config& c) {
+  daemon_options current = default_options();
+  current.runtime = c;
+  for (const auto& spec : option_table()) {
+    if (spec.kind != option_kind::integer && spec.kind != option_kind::duration)
+      continue;
+    daemon_options scratch = current;
+    if (auto err = spec.set(scratch, spec.get(current)); !err.empty())
+      return "option " + spec.name + ": " + err;
+  }
+  return {};
+}
+
 std::string validate(const daemon_options& o) {
   if (auto err = tally::validate(o.runtime); !err.empty())
     return err;

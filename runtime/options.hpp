@@ -92,6 +92,12 @@ const std::vector<option_spec>& option_table();
 /// The row named `name`, or nullptr.
 const option_spec* find_option(const std::string& name);
 
+/// Checks every numeric option of `c` against its row's bounds (the only
+/// place they are written); runtime::start's validate() calls it, so an
+/// embedding program meets the same bounds as tallyd. "" or the first
+/// option out of bounds.
+std::string check_option_bounds(const config& c);
+
 /// The defaults of every option, parsed from the table.
 daemon_options default_options();
 
