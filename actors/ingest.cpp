@@ -64,31 +64,15 @@ void ingest_state::wake(shard& s) noexcept {
   }
 }
 
-field_error ingest_state::record(const event& ev) noexcept {
-  producer_slot* slot;
-  try {
-    slot = &my_slot();
-  } catch (...) {
-    return {errc::backpressure, field::none};  // out of memory for a first-time thread
-  }
-  slot->active.store(true, std::memory_order_relaxed);
-  std::atomic_thread_fence(std::memory_order_seq_cst);  // pairs with close()
-  struct leave {
-    producer_slot* s;
-    ~leave() { s->active.store(false, std::memory_order_release); }
-  } guard{slot};
-  if (closed_.load(std::memory_order_relaxed))
-    return {errc::stopped, field::none};
-
+field_error ingest_state::prepare(const event& ev, producer_slot& slot, queued_event& q) noexcept {
   // Only valid ids ever enter the table, so an id found there needs no
   // check: each distinct text is validated once, at first sight.
-  queued_event q;
   for (int i = 0; i < id_field_count; ++i) {
     std::string_view text = ev.ids[i];
     uint32_t id = ids.find(text);
     if (id == intern_table::npos) {
       if (errc code = check_id_field(static_cast<field>(i), text); code != errc::ok) {
-        slot->rejected.fetch_add(1, std::memory_order_relaxed);
+        slot.rejected.fetch_add(1, std::memory_order_relaxed);
         return {code, static_cast<field>(i)};
       }
       id = ids.intern(text);
@@ -98,7 +82,7 @@ field_error ingest_state::record(const event& ev) noexcept {
     q.key.ids[i] = id;
   }
   if (auto err = validate_values(ev)) {
-    slot->rejected.fetch_add(1, std::memory_order_relaxed);
+    slot.rejected.fetch_add(1, std::memory_order_relaxed);
     return err;
   }
   int64_t ts = ev.ts_ms != 0 ? ev.ts_ms : now_ms();
@@ -109,6 +93,36 @@ field_error ingest_state::record(const event& ev) noexcept {
   q.completion_tokens = ev.completion_tokens;
   q.cache_read_tokens = ev.cache_read_tokens;
   q.cache_creation_tokens = ev.cache_creation_tokens;
+  return {};
+}
+
+namespace {
+
+/// Marks the producer as inside record() for close() to wait on.
+struct producer_scope {
+  explicit producer_scope(producer_slot* s) : slot(s) {
+    slot->active.store(true, std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_seq_cst);  // pairs with close()
+  }
+  ~producer_scope() { slot->active.store(false, std::memory_order_release); }
+  producer_slot* slot;
+};
+
+} // namespace
+
+field_error ingest_state::record(const event& ev) noexcept {
+  producer_slot* slot;
+  try {
+    slot = &my_slot();
+  } catch (...) {
+    return {errc::backpressure, field::none};  // out of memory for a first-time thread
+  }
+  producer_scope scope{slot};
+  if (closed_.load(std::memory_order_relaxed))
+    return {errc::stopped, field::none};
+  queued_event q;
+  if (auto err = prepare(ev, *slot, q))
+    return err;
   if (slot->home->full.load(std::memory_order_relaxed) || !slot->home->queue.enqueue(slot->token, q)) {
     slot->backpressured.fetch_add(1, std::memory_order_relaxed);
     return {errc::backpressure, field::none};
@@ -118,19 +132,59 @@ field_error ingest_state::record(const event& ev) noexcept {
   return {};
 }
 
+field_error ingest_state::record_all(const event* evs, size_t n, size_t& failed) noexcept {
+  failed = n;
+  producer_slot* slot;
+  // Reused per thread: a transaction costs no allocation once warm.
+  thread_local std::vector<queued_event> scratch;
+  try {
+    slot = &my_slot();
+    if (scratch.size() < n)
+      scratch.resize(n);
+  } catch (...) {
+    return {errc::backpressure, field::none};
+  }
+  producer_scope scope{slot};
+  if (closed_.load(std::memory_order_relaxed))
+    return {errc::stopped, field::none};
+  for (size_t i = 0; i < n; ++i) {
+    if (auto err = prepare(evs[i], *slot, scratch[i])) {
+      failed = i;
+      return err;
+    }
+  }
+  // One bulk enqueue with the producer's token: moodycamel places all of it
+  // or none, so a transaction is never half counted.
+  if (n > 0
+      && (slot->home->full.load(std::memory_order_relaxed)
+          || !slot->home->queue.enqueue_bulk(slot->token, scratch.data(), n))) {
+    slot->backpressured.fetch_add(n, std::memory_order_relaxed);
+    return {errc::backpressure, field::none};
+  }
+  slot->accepted.store(slot->accepted.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+  if (n > 0)
+    wake(*slot->home);
+  return {};
+}
+
 field_error ingest_state::record_durable(const event& ev, std::function<void(field_error)> done) {
   auto err = record(ev);
   if (err) {
     done(err);
     return err;
   }
-  // The ticket goes in after its event: when the writer sees the ticket, the
-  // event is already in a shard queue, and the writer's next swap drains it.
+  durable_fence(std::move(done));
+  return {};
+}
+
+void ingest_state::durable_fence(std::function<void(field_error)> done) {
+  // The ticket goes in after the events this thread recorded: when the
+  // writer sees the ticket, they are already in a shard queue, and the
+  // writer's next swap drains them.
   tickets.enqueue(durable_ticket{std::move(done)});
   std::atomic_thread_fence(std::memory_order_seq_cst);
   if (writer_sleeping.load(std::memory_order_relaxed) && writer_sleeping.exchange(false))
     caf::anon_send(writer, tickets_atom::value);
-  return {};
 }
 
 void ingest_state::close() noexcept {

@@ -124,8 +124,16 @@ public:
   /// The hot path: validate, intern, enqueue. Never blocks.
   field_error record(const event& ev) noexcept;
 
+  /// All or nothing: every event enqueued (one bulk enqueue), or none. On
+  /// refusal `failed` is the refused event's index, or n for the whole batch.
+  field_error record_all(const event* evs, size_t n, size_t& failed) noexcept;
+
   /// record() plus a ticket completed when the event is in Redis.
   field_error record_durable(const event& ev, std::function<void(field_error)> done);
+
+  /// A ticket completed once every event this thread recorded before the
+  /// call is in Redis (or failed with the reason).
+  void durable_fence(std::function<void(field_error)> done);
 
   /// Refuses new events and waits until no producer is inside record().
   void close() noexcept;
@@ -147,6 +155,8 @@ public:
 
 private:
   producer_slot& my_slot();
+  /// Interns and validates `ev` into `q` (no enqueue).
+  field_error prepare(const event& ev, producer_slot& slot, queued_event& q) noexcept;
   void wake(shard& s) noexcept;
 
   const uint64_t generation_;

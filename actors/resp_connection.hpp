@@ -7,13 +7,14 @@
 //   (resp_durable_atom, uint64_t ticket, uint8_t errc)  a durable ticket is in
 //                                           Redis (errc ok) or failed
 //   (resp_idle_atom)                        idle-timeout check
-// It sends nothing to other actors; durable tickets travel through
-// runtime::record_durable and come back as resp_durable_atom.
+// It sends nothing to other actors; durable fences travel through
+// resp_backend::durable_fence and come back as resp_durable_atom.
 //
 // The acceptor (resp_server.cpp) forks one per accepted socket; see the
 // comment of resp_connection.cpp for the read/parse/reply cycle.
 #pragma once
 
+#include "actors/resp_backend.hpp"
 #include "actors/resp_server.hpp"
 
 #include <caf/atom.hpp>
@@ -30,7 +31,7 @@ using resp_idle_atom = caf::atom_constant<caf::atom("respidle")>;
 
 /// What a listener shares with its connections (read-only but the counters).
 struct resp_context {
-  runtime* rt = nullptr;
+  std::shared_ptr<resp_backend> backend;
   resp_options opts;
   std::atomic<uint32_t> connections{0};     // live connections of this listener
   std::atomic<uint64_t> next_client_id{1};  // CLIENT ID / HELLO id
@@ -38,19 +39,19 @@ struct resp_context {
 
 /// The process-wide counters behind snapshot_resp_metrics().
 struct resp_counters {
-  std::atomic<uint64_t> connections_current{0};
-  std::atomic<uint64_t> connections_total{0};
-  std::atomic<uint64_t> connections_refused{0};
-  std::atomic<uint64_t> commands{0};
-  std::atomic<uint64_t> events_accepted{0};
+#define TALLY_RESP_ATOMIC(member, kind, metric, help) std::atomic<uint64_t> member{0};
+  TALLY_RESP_COUNTERS(TALLY_RESP_ATOMIC)
+#undef TALLY_RESP_ATOMIC
   std::atomic<uint64_t> rejections[resp_metrics::errc_slots] = {};
-  std::atomic<uint64_t> protocol_errors{0};
-  std::atomic<uint64_t> auth_failures{0};
-  std::atomic<uint64_t> noauth_refusals{0};
-  std::atomic<uint64_t> backpressure_pauses{0};
-  std::atomic<uint64_t> output_pauses{0};
-  std::atomic<uint64_t> idle_closes{0};
-  std::atomic<uint64_t> buffer_limit_closes{0};
+
+  void add(std::atomic<uint64_t> resp_counters::*member, uint64_t n = 1) noexcept {
+    (this->*member).fetch_add(n, std::memory_order_relaxed);
+  }
+  void reject(errc code) noexcept {
+    auto slot = static_cast<size_t>(code);
+    if (slot < resp_metrics::errc_slots)
+      rejections[slot].fetch_add(1, std::memory_order_relaxed);
+  }
 };
 resp_counters& global_resp_counters() noexcept;
 

@@ -75,14 +75,11 @@ caf::behavior resp_acceptor(acceptor_broker* self, caf::io::doorman_ptr doorman,
 
 } // namespace
 
-resp_listener spawn_resp_server(caf::actor_system& sys, runtime& rt, const resp_options& opts) {
+resp_listener spawn_resp_server(caf::actor_system& sys, std::shared_ptr<resp_backend> backend,
+                                const resp_options& opts) {
+  // The options come checked against their bounds (runtime/options.cpp,
+  // the one place they are written).
   resp_listener out;
-  if (opts.max_connections == 0 || opts.max_args < 2 || opts.max_bulk_bytes < 16
-      || opts.max_buffered_bytes < 1024 || opts.read_chunk_bytes < 512) {
-    out.error = "resp options: max_connections >= 1, max_args >= 2, max_bulk_bytes >= 16, "
-                "max_buffered_bytes >= 1024 and read_chunk_bytes >= 512 are required";
-    return out;
-  }
   auto& mm = sys.middleman();
   auto doorman = mm.backend().new_tcp_doorman(opts.port, opts.bind.c_str(), true);
   if (!doorman) {
@@ -92,7 +89,7 @@ resp_listener spawn_resp_server(caf::actor_system& sys, runtime& rt, const resp_
   }
   out.port = (*doorman)->port();
   auto ctx = std::make_shared<resp_context>();
-  ctx->rt = &rt;
+  ctx->backend = std::move(backend);
   ctx->opts = opts;
   ctx->opts.port = out.port;
   out.acceptor = mm.spawn_broker(resp_acceptor, std::move(*doorman), std::move(ctx));

@@ -49,7 +49,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "start: %s\n", err.c_str());
     return 1;
   }
-  auto listener = tally::spawn_resp_server(tally::system_of(rt), rt, opts);
+  auto listener = tally::spawn_resp_server(tally::system_of(rt), tally::make_resp_backend(rt), opts);
   if (!listener.error.empty()) {
     std::fprintf(stderr, "listen: %s\n", listener.error.c_str());
     return 1;

@@ -177,6 +177,30 @@ const char* to_string(errc code) noexcept {
   return "unknown_errc";  // a value cast from outside the enum
 }
 
+const char* describe(errc code, field about) noexcept {
+  switch (code) {
+    case errc::ok: return "ok";
+    case errc::unknown_field: return "unknown field";
+    case errc::repeated_field: return "field given twice";
+    case errc::missing_value: return "field name without a value";
+    case errc::empty_value: return "empty value";
+    case errc::id_too_long: return "id too long (at most 256 bytes per id or tag, at most 64 tags)";
+    case errc::bad_id: return "id must be UTF-8 without control characters";
+    case errc::bad_number:
+      return about == field::spend ? "not a decimal number" : "not a non-negative integer";
+    case errc::negative_value: return "negative values are not allowed";
+    case errc::overflow: return "number too large";
+    case errc::bad_status: return "status must be ok or error";
+    case errc::bad_timestamp: return "ts must be unix milliseconds";
+    case errc::no_entity:
+      return "an event must name at least one of key user team org end_user tags model";
+    case errc::backpressure: return "ingest queues full, retry later";
+    case errc::stopped: return "tally is stopping";
+    case errc::intern_full: return "identifier table full (raise intern_capacity)";
+  }
+  return "refused";
+}
+
 const char* to_string(field f) noexcept {
   auto i = static_cast<int>(f);
   // Every entry of field_names is a literal, so data() is NUL-terminated.

@@ -55,6 +55,10 @@ int hex_value(char c) noexcept {
 
 } // namespace
 
+bool parse_integer(std::string_view s, int64_t& out) noexcept {
+  return parse_length(s.data(), s.data() + s.size(), out);
+}
+
 const char* to_string(protocol_errc code) noexcept {
   switch (code) {
     case protocol_errc::none: return "none";

@@ -101,6 +101,10 @@ private:
   char unexpected_ = 0;
 };
 
+/// Parses an optional '-' and 1..18 decimal digits (a RESP length, a SELECT
+/// index, a HELLO version); false on anything else.
+bool parse_integer(std::string_view s, int64_t& out) noexcept;
+
 /// True when `a` equals the ASCII-uppercase word `upper` ignoring case
 /// (command names are case-insensitive, like Redis').
 inline bool equals_upper(std::string_view a, std::string_view upper) noexcept {

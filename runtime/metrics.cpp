@@ -98,14 +98,9 @@ std::string render_metrics(const metrics_snapshot& m) {
   w.sample("tally_uptime_seconds", m.uptime_seconds);
 
   // --- RESP ingest ---
-  w.gauge("tally_connections", "Open RESP client connections.", r.connections_current);
-  w.counter("tally_connections_accepted_total", "RESP connections accepted (refused ones included).",
-            r.connections_total);
-  w.counter("tally_connections_refused_total", "RESP connections refused over resp_max_connections.",
-            r.connections_refused);
-  w.counter("tally_commands_total", "RESP commands executed (any command).", r.commands);
-  w.counter("tally_resp_events_accepted_total", "TALLY.RECORD events taken by the runtime over RESP.",
-            r.events_accepted);
+#define TALLY_RESP_METRIC(member, kind, metric, help) w.kind(metric, help, r.member);
+  TALLY_RESP_COUNTERS(TALLY_RESP_METRIC)
+#undef TALLY_RESP_METRIC
   w.family("tally_events_rejected_total", "counter",
            "TALLY.RECORD events refused with an error reply, by reason (the field error code).");
   // Reasons 1..errc_slots-1: ok is not a rejection; backpressure pauses the
@@ -116,20 +111,6 @@ std::string render_metrics(const metrics_snapshot& m) {
       continue;
     w.sample("tally_events_rejected_total", r.rejections[i], "reason=\"" + std::string(reason) + "\"");
   }
-  w.counter("tally_protocol_errors_total", "Malformed RESP input (error reply, then the connection closes).",
-            r.protocol_errors);
-  w.counter("tally_auth_failures_total", "AUTH attempts with a wrong password.", r.auth_failures);
-  w.counter("tally_noauth_refusals_total", "Commands refused because the connection had not authenticated.",
-            r.noauth_refusals);
-  w.counter("tally_backpressure_pauses_total",
-            "Times a RESP connection stopped reading because the ingest queues were full.",
-            r.backpressure_pauses);
-  w.counter("tally_output_pauses_total",
-            "Times a RESP connection stopped reading because its replies were not being read.",
-            r.output_pauses);
-  w.counter("tally_idle_closes_total", "RESP connections closed by resp_idle_timeout.", r.idle_closes);
-  w.counter("tally_buffer_limit_closes_total", "RESP connections closed by resp_max_buffered_bytes.",
-            r.buffer_limit_closes);
 
   // --- runtime ingest ---
   w.counter("tally_events_accepted_total", "Events accepted by the runtime (RESP and embedded callers).",

@@ -10,6 +10,7 @@
 #include "actors/invalidator.hpp"
 #include "actors/reader.hpp"
 #include "actors/registry.hpp"
+#include "actors/resp_backend.hpp"
 #include "actors/retention.hpp"
 #include "adapters/flush_sql.hpp"
 #include "adapters/redis_client.hpp"
@@ -17,6 +18,7 @@
 #include "core/circuit_breaker.hpp"
 #include "core/log.hpp"
 #include "core/read_cache.hpp"
+#include "runtime/options.hpp"
 #include "runtime/runtime_internal.hpp"
 
 #include <caf/all.hpp>
@@ -61,11 +63,6 @@ std::string default_instance_id() {
   if (gethostname(host, sizeof host - 1) != 0)
     std::snprintf(host, sizeof host, "host");
   return std::string(host) + "-" + std::to_string(getpid());
-}
-
-template <class Rep, class Period>
-bool within(std::chrono::duration<Rep, Period> d, std::chrono::milliseconds lo, std::chrono::milliseconds hi) {
-  return d >= lo && d <= hi;
 }
 
 /// Where the spill journal lives: the option, else what systemd's
@@ -189,7 +186,6 @@ std::string start_impl(runtime::impl& p, const config& cfg, bool with_io) {
 } // namespace
 
 std::string validate(const config& c) {
-  using std::chrono::milliseconds;
   if (c.ns.empty() || c.ns.size() > 64 || c.ns.find_first_of("{}: \t\r\n") != std::string::npos)
     return "option ns: 1-64 characters without braces, colons or spaces";
   if (c.instance_id.size() > 128 || c.instance_id.find_first_of(": \t\r\n") != std::string::npos)
@@ -204,67 +200,17 @@ std::string validate(const config& c) {
     if (!seen.insert(spec->url).second)
       return "option redis_urls: " + spec->display + " is listed twice";
   }
-  if (c.shards > 256)
-    return "option shards: at most 256";
-  if (c.queue_capacity < 1024 || c.queue_capacity > (1u << 26))
-    return "option queue_capacity: between 1024 and 67108864";
-  if (c.max_keys_per_shard < 1024 || c.max_keys_per_shard > (1u << 26))
-    return "option max_keys_per_shard: between 1024 and 67108864";
-  if (c.intern_capacity < 1024 || c.intern_capacity > (1u << 30))
-    return "option intern_capacity: between 1024 and 1073741824";
-  if (c.worker_threads > 256)
-    return "option worker_threads: at most 256";
-  if (!within(c.buffer_interval, milliseconds(10), milliseconds(60000)))
-    return "option buffer_interval: between 10ms and 60s";
-  if (c.max_batch_bytes < 4096 || c.max_batch_bytes > (256u << 20))
-    return "option max_batch_bytes: between 4096 and 268435456";
-  if (c.max_pending_batches < 1)
-    return "option max_pending_batches: at least 1";
-  if (!within(c.redis_timeout, milliseconds(1), milliseconds(60000)))
-    return "option redis_timeout: between 1ms and 60s";
-  if (c.retry_backoff_min.count() < 1 || c.retry_backoff_max < c.retry_backoff_min)
-    return "option retry_backoff_min/max: min at least 1ms and max not below min";
-  if (!within(c.flush_interval, milliseconds(10), milliseconds(600000)))
-    return "option flush_interval: between 10ms and 10min";
-  if (!within(c.lease_ttl, milliseconds(500), milliseconds(600000)))
-    return "option lease_ttl: between 500ms and 10min";
-  if (c.lock_timeout.count() < 1 || c.statement_timeout.count() < 1)
-    return "option lock_timeout/statement_timeout: at least 1ms";
-  if (c.applied_retention.count() < 1)
-    return "option applied_retention: at least 1h";
-  if (c.repush_after < milliseconds(1000))
-    return "option repush_after: at least 1s";
-  if (!within(c.health_check_interval, milliseconds(10), milliseconds(600000)))
-    return "option health_check_interval: between 10ms and 10min";
-  if (c.health_check_probes < 1 || c.health_check_probes > 100)
-    return "option health_check_probes: between 1 and 100";
-  if (!within(c.health_check_probe_delay, milliseconds(0), milliseconds(60000)))
-    return "option health_check_probe_delay: between 0ms and 1min";
-  if (!within(c.health_check_timeout, milliseconds(1), milliseconds(60000)))
-    return "option health_check_timeout: between 1ms and 1min";
+  // Every bound lives in the options table (runtime/options.cpp), the one
+  // place an option is described: each numeric option is read back as text
+  // and parsed by its row, which checks the bounds. Only rules across
+  // options, and checks no single row can make, stay here.
+  if (auto err = check_option_bounds(c); !err.empty())
+    return err;
+  if (c.retry_backoff_max < c.retry_backoff_min)
+    return "option retry_backoff_max: not below retry_backoff_min";
   probe_policy policy;
   if (!parse_probe_policy(c.health_check_policy, policy))
     return "option health_check_policy: one of all, majority, any";
-  if (!within(c.failure_window, milliseconds(100), milliseconds(3600000)))
-    return "option failure_window: between 100ms and 1h";
-  if (c.failure_min_failures < 1)
-    return "option failure_min_failures: at least 1";
-  if (c.failure_rate_percent < 1 || c.failure_rate_percent > 100)
-    return "option failure_rate_percent: between 1 and 100";
-  if (!within(c.grace_period, milliseconds(0), milliseconds(3600000)))
-    return "option grace_period: between 0s and 1h";
-  if (!within(c.auto_fallback_interval, milliseconds(0), milliseconds(86400000)))
-    return "option auto_fallback_interval: between 0s (never) and 1d";
-  if (c.journal_max_bytes < (uint64_t{1} << 20))
-    return "option journal_max_bytes: at least 1048576";
-  if (c.read_cache_entries < 8 || c.read_cache_entries > (1u << 26))
-    return "option read_cache_entries: between 8 and 67108864";
-  if (!within(c.read_cache_ttl, milliseconds(1000), milliseconds(86400000)))
-    return "option read_cache_ttl: between 1s and 1d";
-  if (c.read_connections < 1 || c.read_connections > 64)
-    return "option read_connections: between 1 and 64";
-  if (!within(c.read_timeout, milliseconds(10), milliseconds(600000)))
-    return "option read_timeout: between 10ms and 10min";
   return {};
 }
 
@@ -284,6 +230,66 @@ std::string start_with_io(runtime& rt, const config& cfg) {
 
 caf::actor_system& system_of(runtime& rt) {
   return *rt.internals()->system;
+}
+
+namespace {
+
+class runtime_resp_backend final : public resp_backend {
+public:
+  explicit runtime_resp_backend(runtime& rt) : rt_(rt) {}
+
+  field_error record(const event& ev) noexcept override { return rt_.record(ev); }
+
+  field_error record_all(const event* evs, size_t n, size_t& failed) noexcept override {
+    auto* p = rt_.internals();
+    if (!p->running) {
+      failed = n;
+      return {errc::stopped, field::none};
+    }
+    return p->ingest->record_all(evs, n, failed);
+  }
+
+  void durable_fence(std::function<void(errc)> done) override {
+    auto* p = rt_.internals();
+    if (!p->running) {
+      done(errc::stopped);
+      return;
+    }
+    p->ingest->durable_fence([done = std::move(done)](field_error e) { done(e.code); });
+  }
+
+  read_result get(std::string_view type, std::string_view id, std::string_view scope) override {
+    return rt_.get(type, id, scope);
+  }
+  read_result mget(std::string_view type, const std::vector<std::string>& ids, std::string_view team) override {
+    return rt_.mget(type, ids, team);
+  }
+  cluster_view cluster() override { return rt_.cluster(); }
+  std::vector<redis_database_status> redis_databases() override { return rt_.redis_databases(); }
+  std::string add_redis_database(const std::string& url, uint32_t weight) override {
+    return rt_.add_redis_database(url, weight);
+  }
+  std::string remove_redis_database(const std::string& url) override { return rt_.remove_redis_database(url); }
+  std::string set_redis_weight(const std::string& url, uint32_t weight) override {
+    return rt_.set_redis_weight(url, weight);
+  }
+  std::string promote_redis_database(const std::string& url) override {
+    return rt_.promote_redis_database(url);
+  }
+  stats snapshot() override { return rt_.snapshot(); }
+  uint64_t interned_ids() override {
+    auto* p = rt_.internals();
+    return p->ingest ? p->ingest->ids.size() : 0;
+  }
+
+private:
+  runtime& rt_;
+};
+
+} // namespace
+
+std::shared_ptr<resp_backend> make_resp_backend(runtime& rt) {
+  return std::make_shared<runtime_resp_backend>(rt);
 }
 
 field_error runtime::record(const event& ev) noexcept {

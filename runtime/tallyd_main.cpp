@@ -124,7 +124,7 @@ int main(int argc, char** argv) {
     TALLY_ERROR("tallyd", "cannot start: " << err);
     return exit_startup_failed;
   }
-  auto listener = spawn_resp_server(system_of(rt), rt, opts.resp);
+  auto listener = spawn_resp_server(system_of(rt), make_resp_backend(rt), opts.resp);
   if (!listener.error.empty()) {
     TALLY_ERROR("tallyd", "cannot start: " << listener.error);
     rt.stop();

@@ -51,6 +51,10 @@ inline constexpr int id_field_count = 10;
 /// Returns the wire name of `f` ("key", "end_user", "prompt_tokens", ...).
 const char* to_string(field f) noexcept;
 
+/// A sentence for people, e.g. "negative values are not allowed". `about`
+/// picks the wording where it matters (a spend is a decimal, a count is not).
+const char* describe(errc code, field about) noexcept;
+
 /// Looks up a field by its wire name (case-sensitive, as in RESP); `field::none`
 /// when unknown.
 field field_from_name(std::string_view name) noexcept;
