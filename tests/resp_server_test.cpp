@@ -4,6 +4,7 @@
 // redis_client), raw sockets for malformed input, and the redis-cli and
 // redis-benchmark binaries. Totals are checked exactly by decoding every
 // stage-1 batch (read_stage1) against the independent reference.
+#include "actors/resp_commands.hpp"
 #include "actors/resp_server.hpp"
 #include "adapters/redis_client.hpp"
 #include "runtime/runtime_internal.hpp"
@@ -22,6 +23,8 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <set>
+#include <algorithm>
 #include <sstream>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -49,7 +52,7 @@ public:
     if (auto err = start_with_io(rt_, cfg); !err.empty())
       throw std::runtime_error("runtime start: " + err);
     opts.port = 0;
-    listener_ = spawn_resp_server(system_of(rt_), rt_, opts);
+    listener_ = spawn_resp_server(system_of(rt_), make_resp_backend(rt_), opts);
     if (!listener_.error.empty())
       throw std::runtime_error("listen: " + listener_.error);
   }
@@ -65,6 +68,12 @@ public:
     caf::anon_send_exit(listener_.acceptor, caf::exit_reason::user_shutdown);
     listener_.acceptor = nullptr;
     rt_.stop();
+  }
+
+  /// Stops only the listener (its connections answer what they owe, then
+  /// close); the runtime keeps running.
+  void stop_listener() {
+    caf::anon_send_exit(listener_.acceptor, caf::exit_reason::user_shutdown);
   }
 
   int port() const { return listener_.port; }
@@ -222,6 +231,40 @@ size_t pipeline_events(adapters::redis_client& c, uint64_t seed, uint64_t from, 
   return ok;
 }
 
+/// Reads one whole RESP2 or RESP3 reply and renders it on one line: the
+/// type byte and the text of simple values; "$<body>" for strings;
+/// aggregates as "<header>[v v ...]".
+std::string value(raw_client& c) {
+  std::string h = c.line();
+  if (h.empty() || h[0] == '<')
+    return h;
+  char t = h[0];
+  if (t == '$' || t == '=') {
+    long n = std::stol(h.substr(1));
+    if (n < 0)
+      return h;
+    c.read_bytes(static_cast<size_t>(n) + 2);
+    std::string body = c.input().substr(0, static_cast<size_t>(n));
+    c.input().erase(0, std::min(c.input().size(), static_cast<size_t>(n) + 2));
+    return std::string(1, t) + body;
+  }
+  if (t == '*' || t == '%' || t == '~') {
+    long n = std::stol(h.substr(1));
+    if (n < 0)
+      return h;
+    long k = t == '%' ? 2 * n : n;
+    std::string out = h + "[";
+    for (long i = 0; i < k; ++i)
+      out += (i ? " " : "") + value(c);
+    return out + "]";
+  }
+  return h;
+}
+
+bool starts_with(const std::string& s, const std::string& prefix) {
+  return s.compare(0, prefix.size(), prefix) == 0;
+}
+
 std::string slurp(const std::string& path) {
   std::ifstream in(path);
   std::stringstream ss;
@@ -312,7 +355,7 @@ TEST(RespServer, RepliesInOrderAndInlineCommands) {
   raw_client c(fx.port());
   std::string req = encode(generate(5, 0).resp_args()) + "PING\r\n" + encode({"ping", "hi"})
                     + encode({"TALLY.RECORD", "key"}) + encode(generate(5, 1).resp_args())
-                    + encode({"HELLO", "3"}) + encode({"SELECT", "0"}) + encode({"CLIENT", "SETNAME", "gw1"})
+                    + encode({"HELLO", "4"}) + encode({"SELECT", "0"}) + encode({"CLIENT", "SETNAME", "gw1"})
                     + encode({"CLIENT", "GETNAME"}) + encode({"COMMAND", "COUNT"}) + "  \r\n"
                     + encode({"QUIT"}) + encode(generate(5, 2).resp_args());
   ASSERT_TRUE(c.send(req));
@@ -327,7 +370,7 @@ TEST(RespServer, RepliesInOrderAndInlineCommands) {
   EXPECT_EQ(c.line(), "+OK");
   EXPECT_EQ(c.line(), "$3");
   EXPECT_EQ(c.line(), "gw1");
-  EXPECT_EQ(c.line(), ":0");
+  EXPECT_EQ(c.line(), ":" + std::to_string(resp_command_table().size()));
   EXPECT_EQ(c.line(), "+OK");  // QUIT
   EXPECT_TRUE(c.wait_closed());
   EXPECT_EQ(c.input(), "");    // nothing after QUIT ran
@@ -661,4 +704,258 @@ TEST(RespServer, DurableReplyAfterBatchIsInRedis) {
   rollup_rows all = reference(81, 0, 200);
   merge_rows(all, reference(82, 0, 3));
   expect_exact(fx.stage1(), all);
+}
+
+// -- transactions, RESP3, reply order ------------------------------------------
+
+// MULTI/EXEC counts every queued event or none: a refused event fails the
+// whole EXEC (its error at its place, "not counted" at the others), a
+// malformed command aborts it (EXECABORT), DISCARD drops it. Only the first
+// transaction's events are in stage 1.
+TEST(RespServer, TransactionsCountAllOrNothing) {
+  server_fixture fx;
+  raw_client c(fx.port());
+  const std::string not_counted =
+    "-ERR not_counted event: this transaction counted nothing (another command in it was refused)";
+  auto bad = encode({"TALLY.RECORD", "key", "k", "spend", "abc"});
+  ASSERT_TRUE(c.send(encode({"MULTI"}) + encode(generate(91, 0).resp_args()) + encode({"PING"})
+                     + encode(generate(91, 1).resp_args()) + encode({"EXEC"})));
+  EXPECT_EQ(c.line(), "+OK");
+  for (int i = 0; i < 3; ++i)
+    EXPECT_EQ(c.line(), "+QUEUED");
+  EXPECT_EQ(value(c), "*3[+OK +PONG +OK]");
+
+  ASSERT_TRUE(c.send(encode({"MULTI"}) + encode(generate(91, 2).resp_args()) + bad
+                     + encode(generate(91, 3).resp_args()) + encode({"EXEC"})));
+  EXPECT_EQ(c.line(), "+OK");
+  for (int i = 0; i < 3; ++i)
+    EXPECT_EQ(c.line(), "+QUEUED");
+  EXPECT_EQ(value(c), "*3[" + not_counted + " -ERR bad_number spend: not a decimal number " + not_counted + "]");
+
+  ASSERT_TRUE(c.send(encode({"MULTI"}) + encode(generate(91, 4).resp_args()) + encode({"NOSUCH", "x"})
+                     + encode({"ECHO"}) + encode({"EXEC"})));
+  EXPECT_EQ(c.line(), "+OK");
+  EXPECT_EQ(c.line(), "+QUEUED");
+  EXPECT_EQ(c.line(), "-ERR unknown command 'NOSUCH', with args beginning with: 'x'");
+  EXPECT_EQ(c.line(), "-ERR wrong number of arguments for 'echo' command");
+  EXPECT_EQ(c.line(), "-EXECABORT Transaction discarded because of previous errors.");
+
+  ASSERT_TRUE(c.send(encode({"MULTI"}) + encode(generate(91, 5).resp_args()) + encode({"MULTI"})
+                     + encode({"DISCARD"}) + encode({"EXEC"}) + encode({"DISCARD"}) + encode({"WATCH", "k"})
+                     + encode({"UNWATCH"})));
+  EXPECT_EQ(c.line(), "+OK");
+  EXPECT_EQ(c.line(), "+QUEUED");
+  EXPECT_EQ(c.line(), "-ERR MULTI calls can not be nested");
+  EXPECT_EQ(c.line(), "+OK");  // DISCARD
+  EXPECT_EQ(c.line(), "-ERR EXEC without MULTI");
+  EXPECT_EQ(c.line(), "-ERR DISCARD without MULTI");
+  EXPECT_TRUE(starts_with(c.line(), "-ERR WATCH is not supported"));
+  EXPECT_EQ(c.line(), "+OK");  // UNWATCH
+
+  // Durable acknowledgement: the EXEC array waits for Redis as a whole.
+  ASSERT_TRUE(c.send(encode({"TALLY.ACK", "durable"}) + encode({"MULTI"}) + encode(generate(91, 6).resp_args())
+                     + encode({"EXEC"}) + encode({"PING"})));
+  EXPECT_EQ(c.line(), "+OK");
+  EXPECT_EQ(c.line(), "+OK");
+  EXPECT_EQ(c.line(), "+QUEUED");
+  EXPECT_EQ(value(c), "*1[+OK]");
+  rollup_rows want = reference(91, 0, 2);
+  merge_rows(want, reference(91, 6, 7));
+  EXPECT_EQ(diff_rows(want, fx.stage1().rows), "") << "the durable EXEC answered before its event was in Redis";
+  EXPECT_EQ(c.line(), "+PONG");
+  fx.stop();
+  expect_exact(fx.stage1(), want);
+}
+
+// After HELLO 3 every command answers in RESP3 (maps and nulls in their
+// RESP3 form); RESET goes back to RESP2. The test covers every command of
+// the table, so a new command cannot skip its RESP3 form unnoticed.
+TEST(RespServer, Resp3AfterHelloForEveryCommand) {
+  server_fixture fx;
+  raw_client c(fx.port());
+  std::set<std::string> covered;
+  auto ask = [&](std::vector<std::string> args) {
+    std::string name = args[0];
+    std::transform(name.begin(), name.end(), name.begin(), ::toupper);
+    covered.insert(name);
+    EXPECT_TRUE(c.send(encode(args)));
+    return value(c);
+  };
+  auto hello = ask({"HELLO", "3"});
+  EXPECT_TRUE(starts_with(hello, "%7[$server $tally $version")) << hello;
+  EXPECT_NE(hello.find("$proto :3"), std::string::npos) << hello;
+  EXPECT_EQ(ask({"PING"}), "+PONG");
+  EXPECT_EQ(ask({"ECHO", "hi"}), "$hi");
+  EXPECT_EQ(ask(generate(92, 0).resp_args()), "+OK");
+  EXPECT_EQ(ask({"TALLY.ACK", "buffered"}), "+OK");
+  EXPECT_EQ(ask({"SELECT", "0"}), "+OK");
+  EXPECT_EQ(ask({"SELECT", "1"}), "-ERR DB index is out of range (tally has one database: SELECT 0)");
+  EXPECT_EQ(ask({"CLIENT", "GETNAME"}), "_");
+  EXPECT_EQ(ask({"CLIENT", "SETNAME", "gw"}), "+OK");
+  EXPECT_EQ(ask({"CLIENT", "SETINFO", "LIB-NAME", "x"}), "+OK");
+  EXPECT_EQ(ask({"CLIENT", "MAINT_NOTIFICATIONS", "on"}), "+OK");
+  EXPECT_TRUE(starts_with(ask({"CLIENT", "TRACKING", "on"}), "-ERR client-side caching is not supported"));
+  EXPECT_TRUE(starts_with(ask({"CLIENT", "ID"}), ":"));
+  EXPECT_NE(ask({"CLIENT", "INFO"}).find("name=gw db=0 resp=3"), std::string::npos);
+  EXPECT_EQ(ask({"CONFIG", "GET", "save"}), "%1[$save $]");
+  EXPECT_EQ(ask({"COMMAND", "INFO", "nosuch"}), "*1[_]");
+  EXPECT_EQ(ask({"COMMAND", "COUNT"}), ":" + std::to_string(resp_command_table().size()));
+  auto info = ask({"INFO"});
+  for (const char* f : {"connected_clients:", "blocked_clients:", "used_memory:", "total_commands_processed:",
+                        "total_connections_received:", "db0:keys="})
+    EXPECT_NE(info.find(f), std::string::npos) << f << " missing from INFO";
+  EXPECT_TRUE(starts_with(ask({"TALLY.STATUS"}), "$events_accepted:"));
+  EXPECT_TRUE(starts_with(ask({"TALLY.DB", "LIST"}), "*1[%7[$url $redis://")) ;
+  auto instances = ask({"TALLY.INSTANCES"});
+  EXPECT_TRUE(starts_with(instances, "*")) << instances;
+  EXPECT_TRUE(instances == "*0[]" || instances.find("[%") != std::string::npos) << instances;
+  auto leader = ask({"TALLY.LEADER"});
+  EXPECT_TRUE(starts_with(leader, "%2[$instance ")) << leader;
+  // No Postgres here: reads are refused with an error, in either protocol
+  // (their RESP3 map form is checked in read_path_test).
+  EXPECT_TRUE(starts_with(ask({"TALLY.GET", "user", "bob"}), "-"));
+  EXPECT_TRUE(starts_with(ask({"TALLY.MGET", "user", "a", "b"}), "-"));
+  EXPECT_TRUE(starts_with(ask({"AUTH", "pw"}), "-ERR AUTH <password> called without any password"));
+  EXPECT_EQ(ask({"MULTI"}), "+OK");
+  EXPECT_EQ(ask(generate(92, 1).resp_args()), "+QUEUED");
+  EXPECT_EQ(ask({"CONFIG", "GET", "appendonly"}), "+QUEUED");
+  EXPECT_EQ(ask({"EXEC"}), "*2[+OK %1[$appendonly $no]]");
+  EXPECT_EQ(ask({"MULTI"}), "+OK");
+  EXPECT_EQ(ask({"DISCARD"}), "+OK");
+  EXPECT_TRUE(starts_with(ask({"WATCH", "k"}), "-ERR WATCH is not supported"));
+  EXPECT_EQ(ask({"UNWATCH"}), "+OK");
+  EXPECT_EQ(ask({"RESET"}), "+RESET");
+  EXPECT_EQ(ask({"CLIENT", "GETNAME"}), "$-1");  // RESP2 again, name cleared
+  EXPECT_EQ(ask({"CONFIG", "GET", "save"}), "*2[$save $]");
+  EXPECT_EQ(ask({"QUIT"}), "+OK");
+  EXPECT_TRUE(c.wait_closed());
+  for (const auto& cmd : resp_command_table())
+    EXPECT_TRUE(covered.count(std::string(cmd.name))) << cmd.name << " has no RESP3 check";
+  fx.stop();
+  expect_exact(fx.stage1(), reference(92, 0, 2));
+}
+
+// Durable and buffered replies interleaved with other commands and errors,
+// while ingest pushes back (Redis down, small queues): every reply arrives,
+// in request order, and stage 1 holds exactly the accepted events.
+TEST(RespServer, DurableAndBufferedRepliesInOrderUnderBackpressure) {
+  config cfg;
+  cfg.shards = 1;
+  cfg.queue_capacity = 1024;
+  cfg.max_keys_per_shard = 1024;
+  cfg.max_pending_batches = 1;
+  cfg.journal_max_bytes = 1 << 20;
+  cfg.buffer_interval = std::chrono::milliseconds(20);
+  cfg.retry_backoff_max = std::chrono::milliseconds(100);
+  server_fixture fx({}, cfg);
+  fx.redis().stop();
+  const uint64_t n = 40000;
+  std::string req;
+  std::vector<std::string> want;
+  bool durable = false;
+  for (uint64_t i = 0; i < n; ++i) {
+    if (i % 500 == 0) {
+      durable = !durable;
+      req += encode({"TALLY.ACK", durable ? "durable" : "buffered"});
+      want.push_back("+OK");
+    }
+    req += encode(generate(93, i).resp_args());
+    want.push_back("+OK");
+    if (i % 97 == 0) {
+      req += encode({"PING", std::to_string(i)});
+      want.push_back("$" + std::to_string(std::to_string(i).size()));
+      want.push_back(std::to_string(i));
+    }
+    if (i % 89 == 0) {
+      req += encode({"TALLY.RECORD", "key"});
+      want.push_back("-ERR missing_value key: field name without a value");
+    }
+  }
+  auto pauses_before = snapshot_resp_metrics().backpressure_pauses;
+  raw_client c(fx.port());
+  std::thread writer([&] { c.send(req); });
+  ASSERT_TRUE(wait_for([&] { return snapshot_resp_metrics().backpressure_pauses > pauses_before; }, 30000ms));
+  fx.redis().start();
+  size_t mismatches = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    auto got = c.line(60000ms);
+    if (got != want[i] && mismatches++ < 5)
+      ADD_FAILURE() << "reply " << i << ": got '" << got << "', want '" << want[i] << "'";
+  }
+  writer.join();
+  EXPECT_EQ(mismatches, 0u);
+  fx.stop();
+  expect_exact(fx.stage1(), reference(93, 0, n));
+}
+
+// A durable run whose last event is refused (identifier table full): that
+// event gets its error, the earlier ones their +OK; nothing waits for a
+// later read.
+TEST(RespServer, DurableRunEndingInInternFullDoesNotHang) {
+  config cfg;
+  cfg.intern_capacity = 1024;
+  server_fixture fx({}, cfg);
+  auto h = hiredis_client(fx.port());
+  std::vector<std::vector<std::string>> owned;
+  for (int i = 0; i < 1100; ++i)
+    owned.push_back({"TALLY.RECORD", "user", "u" + std::to_string(i), "spend", "1"});
+  std::vector<std::vector<std::string_view>> cmds;
+  for (auto& a : owned)
+    cmds.emplace_back(a.begin(), a.end());
+  auto replies = h.pipeline(cmds);
+  ASSERT_TRUE(replies);
+  size_t full = 0;
+  for (auto& r : *replies)
+    full += r.type == adapters::redis_reply::kind::error && r.str.find("intern_full") != std::string::npos;
+  ASSERT_GT(full, 0u) << "the identifier table never filled";
+  raw_client c(fx.port());
+  ASSERT_TRUE(c.send(encode({"TALLY.ACK", "durable"}) + encode({"TALLY.RECORD", "user", "u1", "spend", "2"})
+                     + encode({"TALLY.RECORD", "user", "u2", "spend", "2"})
+                     + encode({"TALLY.RECORD", "user", "never-seen", "spend", "2"})));
+  EXPECT_EQ(c.line(), "+OK");
+  EXPECT_EQ(c.line(), "+OK");
+  EXPECT_EQ(c.line(), "+OK");
+  EXPECT_EQ(c.line(), "-ERR intern_full user: identifier table full (raise intern_capacity)");
+}
+
+// Stopping the listener while durable replies wait for Redis: the
+// connection stops reading, answers every reply it owes once Redis takes the
+// events, then closes. Every +OK is an event counted, and nothing else is.
+TEST(RespServer, ListenerStopAnswersWaitingDurableReplies) {
+  config cfg;
+  cfg.shards = 1;
+  cfg.queue_capacity = 1024;
+  cfg.max_keys_per_shard = 1024;
+  cfg.max_pending_batches = 1;
+  cfg.journal_max_bytes = 1 << 20;
+  cfg.buffer_interval = std::chrono::milliseconds(20);
+  cfg.retry_backoff_max = std::chrono::milliseconds(100);
+  server_fixture fx({}, cfg);
+  fx.redis().stop();
+  const uint64_t n = 60000;
+  std::string req = encode({"TALLY.ACK", "durable"});
+  for (uint64_t i = 0; i < n; ++i)
+    req += encode(generate(94, i).resp_args());
+  auto pauses_before = snapshot_resp_metrics().backpressure_pauses;
+  raw_client c(fx.port());
+  std::thread writer([&] { c.send(req); });
+  ASSERT_TRUE(wait_for([&] { return snapshot_resp_metrics().backpressure_pauses > pauses_before; }, 30000ms));
+  // Once the journal is full too, the accepted events' batches can go
+  // nowhere: their durable replies wait.
+  ASSERT_TRUE(wait_for([&] { return fx.rt().snapshot().journal_full == 1; }, 60000ms));
+  EXPECT_EQ(c.line(), "+OK");  // TALLY.ACK
+  fx.stop_listener();
+  c.read_until([](const std::string&) { return false; }, 1000ms);
+  EXPECT_FALSE(c.closed()) << "closed with durable replies owed: " << c.input().size() << " bytes";
+  fx.redis().start();
+  EXPECT_TRUE(c.wait_closed(60000ms));
+  ::shutdown(c.fd(), SHUT_RDWR);  // the writer thread may still be blocked in send()
+  writer.join();
+  size_t ok = count_of(c.input(), "+OK\r\n");
+  EXPECT_EQ(c.input().find("-"), std::string::npos) << c.input().substr(0, 200);
+  EXPECT_EQ(ok * 5, c.input().size()) << "only +OK replies";
+  EXPECT_GT(ok, 0u);
+  EXPECT_LT(ok, n);
+  fx.stop();
+  expect_exact(fx.stage1(), reference(94, 0, ok));
 }
