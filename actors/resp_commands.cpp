@@ -729,7 +729,10 @@ field_error build_record(resp_session& s, const resp_args& args, event& ev, stri
     name = args[n - 1];
     return {errc::missing_value, field_from_name(name)};
   }
-  return builder.build(ev);  // record() checks the id texts
+  auto err = builder.build(ev);  // record() checks the id texts
+  if (!err && ev.ts_ms == 0)
+    ev.ts_ms = s.now_ms;
+  return err;
 }
 
 } // namespace tally

@@ -31,6 +31,9 @@ struct resp_session {
   bool durable = false;  // TALLY.ACK durable: +OK only once the event is in Redis
   event_builder builder;
   uint64_t accepted = 0;  // events taken since the connection last added them to the counters
+  /// Wall clock (unix ms) of the read being run: the time of an event sent
+  /// without `ts`. One clock read per read, not one per event.
+  int64_t now_ms = 0;
 };
 
 /// What the connection does after a handler ran.

@@ -256,6 +256,7 @@ private:
   // -- per-message bracket -----------------------------------------------------
 
   void begin_message() {
+    st_.session.now_ms = duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
     st_.out = &self_->wr_buf(st_.hdl);
     st_.commands = 0;
   }

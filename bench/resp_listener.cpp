@@ -3,8 +3,12 @@
 //
 //   resp_listener --redis redis://127.0.0.1:6379 --port 6380 [--ns bench]
 //                 [--requirepass pw] [--shards N] [--workers N] [--buffer-ms N]
-//                 [--read-chunk BYTES] [--queue-capacity N]
+//                 [--read-chunk BYTES] [--queue-capacity N] [--null 1]
 // Prints "listening <port>" once ready; SIGINT/SIGTERM stop it (drain to Redis).
+// --null 1 serves RESP against a backend that takes every event and does
+// nothing with it (no validation of ids, no intern, no enqueue): the RESP
+// layer alone, for the per-request cost split in bench/README.md.
+#include "actors/resp_backend.hpp"
 #include "actors/resp_server.hpp"
 #include "runtime/runtime_internal.hpp"
 #include "tally/tally.hpp"
@@ -17,7 +21,40 @@
 #include <cstring>
 #include <string>
 
+namespace {
+
+/// Takes every event and keeps nothing: what the RESP layer costs alone.
+class null_backend final : public tally::resp_backend {
+public:
+  tally::field_error record(const tally::event&) noexcept override { return {}; }
+  tally::field_error record_all(const tally::event*, size_t, size_t&) noexcept override { return {}; }
+  void durable_fence(std::function<void(tally::errc)> done) override { done(tally::errc::ok); }
+  tally::read_result get(std::string_view, std::string_view, std::string_view) override { return unavailable(); }
+  tally::read_result mget(std::string_view, const std::vector<std::string>&, std::string_view) override {
+    return unavailable();
+  }
+  tally::cluster_view cluster() override { return {}; }
+  std::vector<tally::redis_database_status> redis_databases() override { return {}; }
+  std::string add_redis_database(const std::string&, uint32_t) override { return "null backend"; }
+  std::string remove_redis_database(const std::string&) override { return "null backend"; }
+  std::string set_redis_weight(const std::string&, uint32_t) override { return "null backend"; }
+  std::string promote_redis_database(const std::string&) override { return "null backend"; }
+  tally::stats snapshot() override { return {}; }
+  uint64_t interned_ids() override { return 0; }
+
+private:
+  static tally::read_result unavailable() {
+    tally::read_result r;
+    r.code = tally::read_result::status::unavailable;
+    r.error = "null backend";
+    return r;
+  }
+};
+
+} // namespace
+
 int main(int argc, char** argv) {
+  bool null = false;
   tally::config cfg;
   cfg.ns = "bench";
   tally::resp_options opts;
@@ -34,6 +71,7 @@ int main(int argc, char** argv) {
     else if (k == "--buffer-ms") cfg.buffer_interval = std::chrono::milliseconds(std::atoi(v.c_str()));
     else if (k == "--read-chunk") opts.read_chunk_bytes = static_cast<uint32_t>(std::atoi(v.c_str()));
     else if (k == "--queue-capacity") cfg.queue_capacity = static_cast<uint32_t>(std::atoi(v.c_str()));
+    else if (k == "--null") null = v == "1";
     else {
       std::fprintf(stderr, "unknown option %s\n", k.c_str());
       return 2;
@@ -49,7 +87,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "start: %s\n", err.c_str());
     return 1;
   }
-  auto listener = tally::spawn_resp_server(tally::system_of(rt), tally::make_resp_backend(rt), opts);
+  auto listener = tally::spawn_resp_server(
+    tally::system_of(rt), null ? std::make_shared<null_backend>() : tally::make_resp_backend(rt), opts);
   if (!listener.error.empty()) {
     std::fprintf(stderr, "listen: %s\n", listener.error.c_str());
     return 1;

@@ -3,7 +3,7 @@
 // core/resp_parser.hpp. One iteration parses a read buffer of 32 pipelined
 // TALLY.RECORD requests (what redis-benchmark -P 32 sends); items = requests.
 #include "core/resp_parser.hpp"
-#include "tally/event.hpp"
+#include "core/event.hpp"
 
 #include <benchmark/benchmark.h>
 #include <hiredis/hiredis.h>

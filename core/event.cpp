@@ -5,7 +5,7 @@
 // place, and the builder keeps views. Spend never passes through a float; the
 // decimal is shifted by its exponent and rounded half-to-even at the ninth
 // decimal using only the digit string itself.
-#include "tally/event.hpp"
+#include "core/event.hpp"
 
 #include <cstring>
 

@@ -12,7 +12,7 @@
 // grows.
 #pragma once
 
-#include "tally/event.hpp"
+#include "core/event.hpp"
 
 #include <cstdint>
 #include <string_view>

@@ -10,7 +10,7 @@
 //    plus its migration, not a new code path.
 #pragma once
 
-#include "tally/event.hpp"
+#include "core/event.hpp"
 
 #include <cstdint>
 #include <string>

@@ -305,12 +305,12 @@ std::future<field_error> runtime::record_durable(const event& ev) {
   return future;
 }
 
-void runtime::record_durable(const event& ev, std::function<void(field_error)> done) {
+field_error runtime::record_durable(const event& ev, std::function<void(field_error)> done) {
   if (!impl_->running) {
     done({errc::stopped, field::none});
-    return;
+    return {errc::stopped, field::none};
   }
-  impl_->ingest->record_durable(ev, std::move(done));
+  return impl_->ingest->record_durable(ev, std::move(done));
 }
 
 void runtime::stop(std::chrono::milliseconds deadline) {

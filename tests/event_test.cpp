@@ -6,7 +6,7 @@
 // values through many spellings. Ids are checked against an independent UTF-8
 // decoder over every 1..3-byte string. The builder is driven to every error it
 // can report, with the field it names.
-#include "tally/event.hpp"
+#include "core/event.hpp"
 
 #include <gtest/gtest.h>
 

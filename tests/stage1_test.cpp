@@ -299,6 +299,28 @@ TEST(Stage1, DurableRecordWaitsForRedisNotForTheInterval) {
   rt.stop();
 }
 
+// The callback form returns its synchronous refusal (the same error the
+// callback gets at once), and errc::ok when the event was taken.
+TEST(Stage1, DurableRecordReturnsItsRefusal) {
+  redis_server redis;
+  runtime rt;
+  ASSERT_EQ(rt.start(local_config(redis, 100ms)), "");
+  auto bad = generate(6, 0);
+  bad.ids[0] = std::string("bad\x01key");
+  std::promise<field_error> got_bad;
+  auto returned = rt.record_durable(bad.view(), [&](field_error e) { got_bad.set_value(e); });
+  EXPECT_EQ(returned.code, errc::bad_id);
+  auto f = got_bad.get_future();
+  ASSERT_EQ(f.wait_for(0ms), std::future_status::ready) << "a refusal is reported at once";
+  EXPECT_EQ(f.get().code, errc::bad_id);
+  std::promise<field_error> got_ok;
+  EXPECT_EQ(rt.record_durable(generate(6, 1).view(), [&](field_error e) { got_ok.set_value(e); }).code, errc::ok);
+  auto g = got_ok.get_future();
+  ASSERT_EQ(g.wait_for(20s), std::future_status::ready);
+  EXPECT_FALSE(g.get());
+  rt.stop();
+}
+
 // While Redis is down a durable record does not complete; it completes once
 // Redis is back.
 TEST(Stage1, DurableRecordCompletesAfterRedisReturns) {

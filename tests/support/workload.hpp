@@ -7,7 +7,7 @@
 // and std::map), so a bug in fan_out cannot hide in both.
 #pragma once
 
-#include "tally/event.hpp"
+#include "core/event.hpp"
 
 #include <cstdint>
 #include <map>

@@ -303,8 +303,11 @@ public:
   /// wait, the writer writes back to back (group commit).
   std::future<field_error> record_durable(const event& ev);
 
-  /// Callback form of record_durable; `done` runs on a tally thread.
-  void record_durable(const event& ev, std::function<void(field_error)> done);
+  /// Callback form of record_durable; `done` runs on a tally thread, or at
+  /// once on this one when the event is refused. Returns that refusal (the
+  /// same error `done` gets), or errc::ok when the event was taken and
+  /// `done` will report whether it became durable.
+  field_error record_durable(const event& ev, std::function<void(field_error)> done);
 
   /// Refuses new events, drains every queue, writes the final batch, stops
   /// the flush supervisor (releasing the lease) and joins all threads.

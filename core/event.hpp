@@ -1,9 +1,17 @@
-// tally/event.hpp — the usage event and its validation (design §4).
+// core/event.hpp — the usage event and its validation (design §4).
 //
-// Public embedding header: standard library only. An `event` holds views into
-// the caller's memory; `runtime::record` copies (interns) what it needs before
-// returning, so the caller may reuse its buffers at once.
-#pragma once
+// core/ owns it (the parser, the rollups and the RESP replies are built on
+// it); it is also the public embedding header <tally/event.hpp>, which
+// <tally/tally.hpp> includes: the build links include/tally/event.hpp to this
+// file and the install copies it there. So: standard library only. An
+// `event` holds views into the caller's memory; `runtime::record` copies
+// (interns) what it needs before returning, so the caller may reuse its
+// buffers at once.
+//
+// A classic guard, not #pragma once: a translation unit may reach this file
+// by both names.
+#ifndef TALLY_EVENT_HPP
+#define TALLY_EVENT_HPP
 
 #include <cstdint>
 #include <string_view>
@@ -138,3 +146,5 @@ private:
 };
 
 } // namespace tally
+
+#endif // TALLY_EVENT_HPP
