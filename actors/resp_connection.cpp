@@ -517,7 +517,7 @@ private:
         }
         return true;
       case resp_special::exec:
-        return exec();
+        return exec();  // writes through its own writer: owe() may drop w's slot
       case resp_special::watch:
         w.error(st_.in_multi ? "ERR WATCH inside MULTI is not allowed"
                              : "ERR WATCH is not supported by tally: no key changes between commands, "
@@ -618,15 +618,14 @@ private:
 
   /// EXEC: false means backpressure (the EXEC runs again on retry).
   bool exec() {
-    auto w = writer();
     if (!st_.in_multi) {
-      w.error("ERR EXEC without MULTI");
+      writer().error("ERR EXEC without MULTI");
       return true;
     }
     if (st_.multi_dirty) {
       end_multi();
       global_resp_counters().add(&resp_counters::transactions_refused);
-      w.error("EXECABORT Transaction discarded because of previous errors.");
+      writer().error("EXECABORT Transaction discarded because of previous errors.");
       return true;
     }
     // Build every event first: a malformed one refuses the whole EXEC.
@@ -680,7 +679,7 @@ private:
           rw.raw(not_counted_reply);
       });
       end_multi();
-      w.raw(string_view(reply.data(), reply.size()));
+      writer().raw(string_view(reply.data(), reply.size()));
       return true;
     }
     st_.session.accepted += events.size();
