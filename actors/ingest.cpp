@@ -110,7 +110,7 @@ struct producer_scope {
 
 } // namespace
 
-field_error ingest_state::record(const event& ev) noexcept {
+field_error ingest_state::record(const event& ev, bool wake_now) noexcept {
   producer_slot* slot;
   try {
     slot = &my_slot();
@@ -128,8 +128,17 @@ field_error ingest_state::record(const event& ev) noexcept {
     return {errc::backpressure, field::none};
   }
   slot->accepted.store(slot->accepted.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-  wake(*slot->home);
+  if (wake_now)
+    wake(*slot->home);
   return {};
+}
+
+void ingest_state::wake_mine() noexcept {
+  try {
+    wake(*my_slot().home);
+  } catch (...) {
+    // No slot yet (out of memory on a first call): nothing of ours to wake.
+  }
 }
 
 field_error ingest_state::record_all(const event* evs, size_t n, size_t& failed) noexcept {

@@ -121,8 +121,15 @@ public:
   ingest_state(const config& cfg, uint32_t shard_count);
   ~ingest_state();
 
-  /// The hot path: validate, intern, enqueue. Never blocks.
-  field_error record(const event& ev) noexcept;
+  /// The hot path: validate, intern, enqueue. Never blocks. With
+  /// `wake_now` false the aggregator is not woken here: the caller records
+  /// a burst, then calls wake_mine() once (one fence per burst instead of
+  /// one per event). A forgotten wake costs latency, never events: the
+  /// writer's swap drains every queue.
+  field_error record(const event& ev, bool wake_now = true) noexcept;
+
+  /// Wakes the aggregator of this thread's shard if it sleeps.
+  void wake_mine() noexcept;
 
   /// All or nothing: every event enqueued (one bulk enqueue), or none. On
   /// refusal `failed` is the refused event's index, or n for the whole batch.

@@ -26,8 +26,12 @@ class resp_backend {
 public:
   virtual ~resp_backend() = default;
 
-  /// Validates, interns and enqueues one event (runtime::record).
+  /// Validates, interns and enqueues one event (runtime::record), without
+  /// waking the aggregator: the connection calls wake() once per read.
   virtual field_error record(const event& ev) noexcept = 0;
+
+  /// Wakes the aggregator that this thread's records went to.
+  virtual void wake() noexcept = 0;
 
   /// All or nothing: enqueues every event of [evs, evs + n) in order, or
   /// none. On refusal `failed` is the index of the refused event, or n when

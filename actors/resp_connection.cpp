@@ -267,8 +267,10 @@ private:
     auto& g = global_resp_counters();
     if (st_.commands != 0)
       g.add(&resp_counters::commands, st_.commands);
-    if (st_.session.accepted != 0)
+    if (st_.session.accepted != 0) {
+      st_.ctx->backend->wake();  // once per read, not per event
       g.add(&resp_counters::events_accepted, st_.session.accepted);
+    }
     st_.commands = 0;
     st_.session.accepted = 0;
     if (st_.fence_owed)

@@ -27,6 +27,7 @@ namespace {
 class null_backend final : public tally::resp_backend {
 public:
   tally::field_error record(const tally::event&) noexcept override { return {}; }
+  void wake() noexcept override {}
   tally::field_error record_all(const tally::event*, size_t, size_t&) noexcept override { return {}; }
   void durable_fence(std::function<void(tally::errc)> done) override { done(tally::errc::ok); }
   tally::read_result get(std::string_view, std::string_view, std::string_view) override { return unavailable(); }

@@ -238,7 +238,18 @@ class runtime_resp_backend final : public resp_backend {
 public:
   explicit runtime_resp_backend(runtime& rt) : rt_(rt) {}
 
-  field_error record(const event& ev) noexcept override { return rt_.record(ev); }
+  field_error record(const event& ev) noexcept override {
+    auto* p = rt_.internals();
+    if (!p->running)
+      return {errc::stopped, field::none};
+    return p->ingest->record(ev, false);
+  }
+
+  void wake() noexcept override {
+    auto* p = rt_.internals();
+    if (p->running)
+      p->ingest->wake_mine();
+  }
 
   field_error record_all(const event* evs, size_t n, size_t& failed) noexcept override {
     auto* p = rt_.internals();
