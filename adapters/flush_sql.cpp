@@ -497,12 +497,28 @@ result<uint64_t> take_epoch(pg_client& pg, const std::string& schema, const std:
   return static_cast<uint64_t>(std::stoull(epoch->rows[0][0]));
 }
 
-result<long> prune_applied_batches(pg_client& pg, const std::string& schema, std::chrono::hours retention) {
-  auto r = pg.exec_params("DELETE FROM " + qualified_table(schema, "tally_applied_batches")
-                            + " WHERE applied_at < now() - make_interval(hours => $1::int)",
-                          {std::to_string(retention.count())});
-  if (!r)
+result<long> prune_applied_batches(pg_client& pg, const std::string& schema, std::chrono::hours retention,
+                                   long limit, std::chrono::milliseconds statement_timeout) {
+  const std::string table = qualified_table(schema, "tally_applied_batches");
+  if (auto r = pg.exec("BEGIN; SET LOCAL statement_timeout = " + std::to_string(statement_timeout.count())
+                       + "; SET LOCAL lock_timeout = " + std::to_string(statement_timeout.count()));
+      !r) {
+    (void)pg.exec("ROLLBACK");
     return with_context(r.error(), "prune applied batches");
+  }
+  // The applied_at index finds the oldest ids without scanning the table.
+  auto r = pg.exec_params("DELETE FROM " + table + " WHERE batch_id IN (SELECT batch_id FROM " + table
+                            + " WHERE applied_at < now() - make_interval(hours => $1::int)"
+                              " ORDER BY applied_at LIMIT $2::bigint FOR UPDATE SKIP LOCKED)",
+                          {std::to_string(retention.count()), std::to_string(limit)});
+  if (!r) {
+    (void)pg.exec("ROLLBACK");
+    return with_context(r.error(), "prune applied batches");
+  }
+  if (auto c = pg.exec("COMMIT"); !c) {
+    (void)pg.exec("ROLLBACK");
+    return with_context(c.error(), "prune applied batches");
+  }
   return r->affected;
 }
 

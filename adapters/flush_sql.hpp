@@ -64,6 +64,7 @@
 #include "core/rollup.hpp"
 #include "core/result.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -182,7 +183,31 @@ result<flush_outcome> flush_batches(pg_client& pg, const flush_settings& setting
 result<uint64_t> take_epoch(pg_client& pg, const std::string& schema, const std::string& ns,
                             const std::string& holder, std::chrono::milliseconds lock_timeout);
 
-/// Deletes applied-batch ids older than `retention`; returns how many.
-result<long> prune_applied_batches(pg_client& pg, const std::string& schema, std::chrono::hours retention);
+/// Ids deleted per transaction: one batch takes tens of milliseconds, so it
+/// holds its row locks and snapshot only that long.
+constexpr long prune_batch_ids = 1000;
+/// A batch statement that runs longer is cancelled (and the run retried later).
+constexpr std::chrono::milliseconds prune_statement_timeout{5000};
+/// Rest after a batch, as a multiple of the time the batch took: the prune
+/// uses at most 1 / (1 + prune_rest_factor) of one Postgres backend, so a
+/// backlog of a million ids drains in minutes without taking the CPU and
+/// disk that flushes need (bench/flush_bench, BM_FlushWhilePruning).
+constexpr int prune_rest_factor = 4;
+/// The shortest rest between batches.
+constexpr std::chrono::milliseconds prune_pause{20};
+
+/// How long to rest after a prune batch that took `batch_time`.
+inline std::chrono::milliseconds prune_rest(std::chrono::milliseconds batch_time) {
+  return std::max(prune_pause, batch_time * prune_rest_factor);
+}
+
+/// Deletes at most `limit` applied-batch ids older than `retention`, oldest
+/// first, in one short transaction of its own; returns how many. Bounded so
+/// that pruning a large backlog is many small transactions, none holding
+/// locks or a snapshot for long: `statement_timeout` caps each one, and rows
+/// locked by anyone else are skipped (SKIP LOCKED), never waited for. Call
+/// again while it returns `limit`. Blocking.
+result<long> prune_applied_batches(pg_client& pg, const std::string& schema, std::chrono::hours retention,
+                                   long limit, std::chrono::milliseconds statement_timeout);
 
 } // namespace tally::adapters

@@ -1,6 +1,7 @@
 // tests/flush_sql_test.cpp — adapters/flush_sql against a real postgres: the
 // COPY-staged apply sums exactly (ids COPY would misread unescaped
-// included), locks rows in key order, stays fenced and exactly once.
+// included), locks rows in key order, stays fenced and exactly once, and the
+// applied-batch prune deletes in bounded batches.
 #include "adapters/flush_sql.hpp"
 #include "adapters/pg_client.hpp"
 #include "adapters/pg_schema.hpp"
@@ -186,4 +187,56 @@ TEST(FlushSql, FencedFlushAppliesNothingAndDuplicatesAreSkipped) {
   EXPECT_EQ(got["a"], "2/0.000000010");
   EXPECT_EQ(got["b"], "1/0.000000005");
   EXPECT_EQ(scalar(f.pg, "SELECT count(*) FROM " + f.schema + ".tally_applied_batches"), "2");
+}
+
+TEST(FlushSql, PruneDeletesOldIdsInBoundedBatchesAndSkipsLockedRows) {
+  fixture f("prune");
+  const std::string table = f.schema + ".tally_applied_batches";
+  ASSERT_TRUE(f.pg.exec("INSERT INTO " + table + " (batch_id, epoch, applied_at) SELECT 'old:' || g, 1, now() - "
+                        "interval '30 days' - g * interval '1 second' FROM generate_series(1, 12000) g")
+                .ok());
+  ASSERT_TRUE(f.pg.exec("INSERT INTO " + table + " (batch_id, epoch) SELECT 'new:' || g, 1 FROM generate_series(1, 10) g")
+                .ok());
+  // Another session holds one expired row: the prune goes around it
+  // instead of waiting (a wait would be a stall of the whole prune).
+  auto holder = connect_or_die();
+  ASSERT_TRUE(holder.exec("BEGIN; SELECT 1 FROM " + table + " WHERE batch_id = 'old:7' FOR UPDATE").ok());
+  const auto retention = std::chrono::hours(24 * 7);
+  std::vector<long> deleted;
+  for (;;) {
+    auto n = adapters::prune_applied_batches(f.pg, f.schema, retention, 5000, 5000ms);
+    ASSERT_TRUE(n.ok()) << n.error().message;
+    deleted.push_back(*n);
+    if (*n < 5000)
+      break;
+  }
+  EXPECT_EQ(deleted, (std::vector<long>{5000, 5000, 1999}));  // limit as given, not prune_batch_ids
+  ASSERT_TRUE(holder.exec("COMMIT").ok());
+  auto last = adapters::prune_applied_batches(f.pg, f.schema, retention, 5000, 5000ms);
+  ASSERT_TRUE(last.ok());
+  EXPECT_EQ(*last, 1);
+  EXPECT_EQ(scalar(f.pg, "SELECT count(*) FROM " + table + " WHERE batch_id LIKE 'old:%'"), "0");
+  EXPECT_EQ(scalar(f.pg, "SELECT count(*) FROM " + table + " WHERE batch_id LIKE 'new:%'"), "10");
+}
+
+TEST(FlushSql, PruneBatchGivesUpAtItsStatementTimeout) {
+  fixture f("prune_timeout");
+  const std::string table = f.schema + ".tally_applied_batches";
+  ASSERT_TRUE(f.pg.exec("INSERT INTO " + table + " (batch_id, epoch, applied_at) SELECT 'old:' || g, 1, now() - "
+                        "interval '30 days' FROM generate_series(1, 10) g")
+                .ok());
+  // A table lock nobody can skip: the batch must end at its timeout, not wait.
+  auto holder = connect_or_die();
+  ASSERT_TRUE(holder.exec("BEGIN; LOCK TABLE " + table + " IN ACCESS EXCLUSIVE MODE").ok());
+  auto started = std::chrono::steady_clock::now();
+  auto n = adapters::prune_applied_batches(f.pg, f.schema, std::chrono::hours(1), 5000, 300ms);
+  auto took = std::chrono::steady_clock::now() - started;
+  ASSERT_FALSE(n.ok());
+  EXPECT_TRUE(n.error().sqlstate == "55P03" || n.error().sqlstate == "57014") << n.error().sqlstate;
+  EXPECT_LT(took, 10s);
+  ASSERT_TRUE(holder.exec("ROLLBACK").ok());
+  // The client is usable again and the next batch does the work.
+  auto again = adapters::prune_applied_batches(f.pg, f.schema, std::chrono::hours(1), 5000, 300ms);
+  ASSERT_TRUE(again.ok()) << again.error().message;
+  EXPECT_EQ(*again, 10);
 }
