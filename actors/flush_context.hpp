@@ -33,6 +33,7 @@ using lead_atom = caf::atom_constant<caf::atom("lead")>;        // supervisor ->
 using follow_atom = caf::atom_constant<caf::atom("follow")>;    // supervisor -> flusher: stop flushing
 using fenced_atom = caf::atom_constant<caf::atom("fenced")>;    // flusher -> supervisor: epoch is stale
 using fcycle_atom = caf::atom_constant<caf::atom("fcycle")>;    // flusher timer
+using prune_atom = caf::atom_constant<caf::atom("prune")>;      // pruner timer
 using fstop_atom = caf::atom_constant<caf::atom("fstop")>;      // finish, release, answer
 using renew_atom = caf::atom_constant<caf::atom("renew")>;      // lease timer
 using acquire_atom = caf::atom_constant<caf::atom("acquire")>;  // try to take the lease now

@@ -3,6 +3,7 @@
 
 #include "actors/flusher.hpp"
 #include "actors/lease.hpp"
+#include "actors/pruner.hpp"
 #include "core/backoff.hpp"
 #include "core/log.hpp"
 
@@ -16,8 +17,8 @@ namespace {
 
 using namespace std::chrono;
 
-enum child : int { lease_child = 0, flusher_child = 1, child_count = 2 };
-constexpr const char* child_names[child_count] = {"lease", "flusher"};
+enum child : int { lease_child = 0, flusher_child = 1, pruner_child = 2, child_count = 3 };
+constexpr const char* child_names[child_count] = {"lease", "flusher", "pruner"};
 
 struct supervisor_state {
   static inline const char* name = "flush_supervisor";
@@ -44,6 +45,11 @@ void start_child(supervisor_actor* self, int which) {
       if (st.leading)
         self->send(st.children[which], lead_atom::value, st.epoch);
       break;
+    case pruner_child:
+      st.children[which] = spawn_pruner(self, st.ctx);
+      if (st.leading)
+        self->send(st.children[which], lead_atom::value, st.epoch);
+      break;
   }
 }
 
@@ -59,8 +65,9 @@ void follow(supervisor_actor* self) {
   if (!st.leading)
     return;
   st.leading = false;
-  if (st.children[flusher_child])
-    self->send(st.children[flusher_child], follow_atom::value);
+  for (int c : {flusher_child, pruner_child})
+    if (st.children[c])
+      self->send(st.children[c], follow_atom::value);
 }
 
 void finish_stop(supervisor_actor* self, caf::response_promise rp, bool ok) {
@@ -146,8 +153,9 @@ caf::behavior flush_supervisor(supervisor_actor* self, flush_context_ptr ctx) {
       if (held) {
         s.leading = true;
         s.epoch = epoch;
-        if (s.children[flusher_child])
-          self->send(s.children[flusher_child], lead_atom::value, epoch);
+        for (int c : {flusher_child, pruner_child})
+          if (s.children[c])
+            self->send(s.children[c], lead_atom::value, epoch);
       } else {
         follow(self);
       }
@@ -184,6 +192,9 @@ caf::behavior flush_supervisor(supervisor_actor* self, flush_context_ptr ctx) {
       if (s.stopping)
         return false;
       s.stopping = true;
+      // Maintenance can wait for the next leader; the drain cannot.
+      if (s.children[pruner_child])
+        self->send(s.children[pruner_child], follow_atom::value);
       if (s.leading || !s.children[lease_child]) {
         stop_children(self, rp, deadline);
         return rp;

@@ -1,14 +1,17 @@
 // actors/flush_supervisor.hpp — stage 2's root: owns the lease and the
 // flusher, and restarts them.
 //
-// Concept: one flush supervisor per instance with a Postgres URL. Its two
+// Concept: one flush supervisor per instance with a Postgres URL. Its three
 // children each own their blocking connections in a detached actor:
 //   lease     (lease.hpp)     takes / renews / releases the Redis lease and
 //                             the Postgres fencing epoch;
-//   flusher   (flusher.hpp)   moves, decodes and applies batches while leading.
+//   flusher   (flusher.hpp)   moves, decodes and applies batches while leading;
+//   pruner    (pruner.hpp)    deletes expired applied batch ids while leading,
+//                             on its own connection, so flushes never wait on it.
 // (The registry and producer retention run on every instance, flushing or
 // not; the runtime spawns them.)
-// The supervisor turns lease news into lead/follow orders for the flusher,
+// The supervisor turns lease news into lead/follow orders for the flusher
+// and the pruner,
 // and a fence refusal into a lease drop. Children are linked; a child that
 // dies (anything but a normal exit) is respawned after a backoff (100 ms
 // doubling to 5 s, reset after a quiet minute); a dead lease actor first

@@ -66,7 +66,6 @@ struct flusher_state {
   uint64_t publish_seq = 0;  // invalidations published under `epoch`
   bool stopped = false;
   bool return_pending = true;  // own inflight may hold batches to hand back
-  int64_t next_prune = 0;
   uint64_t timer_generation = 0;
   int chunk = max_chunk_batches;  // batches per transaction, adaptive
   bool priority_known = false;    // deadlock priority checked on this Postgres
@@ -146,16 +145,6 @@ bool recover_orphans(source_io& io) {
   return true;
 }
 
-void prune(flusher_actor* self) {
-  auto& st = self->state;
-  auto r = adapters::prune_applied_batches(*st.pg.client, st.ctx->cfg.pg_schema, st.ctx->cfg.applied_retention);
-  if (!r)
-    TALLY_WARN("flusher", "pruning applied batch ids failed: " << r.error().message);
-  else if (*r > 0)
-    TALLY_INFO("flusher", "pruned " << *r << " applied batch ids older than "
-                                    << st.ctx->cfg.applied_retention.count() << "h");
-}
-
 /// The message readers invalidate their caches by (core/invalidation.hpp):
 /// every batch the transaction covered and every tally_spend row it touched.
 std::string invalidation_of(const std::vector<adapters::batch>& batches, const std::string& leader, uint64_t epoch,
@@ -214,10 +203,6 @@ cycle_result run_cycle(flusher_actor* self, source_io& io) {
     if (!recover_orphans(io))
       return cycle_result::failed;
     io.src.next_orphan_scan = now + cfg.lease_ttl.count() / 2;
-  }
-  if (now >= st.next_prune) {
-    prune(self);
-    st.next_prune = now + duration_cast<milliseconds>(hours(1)).count();
   }
 
   auto moved = io.check(st.ctx->keys.claim_chunk(io.client(), st.ctx->instance, st.chunk, chunk_bytes));
@@ -478,7 +463,6 @@ void start_leading(flusher_state& st, uint64_t epoch) {
     src.next_orphan_scan = 0;
     src.next_visit = 0;
   }
-  st.next_prune = 0;
   st.retry.reset();
 }
 

@@ -211,6 +211,90 @@ result<pg_rows> upsert_rows(pg_client& pg, const std::string& schema, const roll
   return pg.exec_prepared("tally_upsert_" + spec.table, upsert_sql(schema, spec), params);
 }
 
+namespace {
+
+std::string stage_table(const rollup_spec& spec) {
+  return "pg_temp." + quote_identifier("tally_stage_" + spec.table);
+}
+
+// COPY text format: backslash, tab, newline and carriage return are the
+// only bytes with a meaning inside a field (ids are validated to hold no
+// control characters; escaping anyway keeps a bad id from shifting columns).
+void append_copy_text(std::string& out, const std::string& field) {
+  for (char c : field) {
+    switch (c) {
+      case '\\': out += "\\\\"; break;
+      case '\t': out += "\\t"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      default: out.push_back(c);
+    }
+  }
+}
+
+} // namespace
+
+std::string stage_table_ddl(const rollup_spec& spec) {
+  auto keys = spec.key_columns();
+  std::string sql = "CREATE TEMP TABLE IF NOT EXISTS " + stage_table(spec) + " (ord integer NOT NULL";
+  for (size_t i = 0; i < keys.size(); ++i)
+    sql += ", " + quote_identifier(keys[i]) + " " + key_column_type(spec, i) + " NOT NULL";
+  for (measure m : spec.measures)
+    sql += ", " + quote_identifier(to_string(m)) + " " + measure_column_type(m) + " NOT NULL";
+  return sql + ") ON COMMIT DELETE ROWS";
+}
+
+std::string stage_copy_data(const rollup_spec& spec, const std::vector<merged_row>& rows) {
+  std::string out;
+  size_t estimate = 0;
+  for (size_t i = 0; i < std::min<size_t>(rows.size(), 16); ++i)
+    for (const auto& k : rows[i].keys)
+      estimate += k.size() + 1;
+  out.reserve(rows.size() * (estimate / std::max<size_t>(1, std::min<size_t>(rows.size(), 16)) + 16
+                             + 12 * spec.measures.size()));
+  for (size_t r = 0; r < rows.size(); ++r) {
+    out += std::to_string(r);
+    for (const auto& k : rows[r].keys) {
+      out.push_back('\t');
+      append_copy_text(out, k);
+    }
+    for (size_t m = 0; m < spec.measures.size(); ++m) {
+      out.push_back('\t');
+      out += spec.measures[m] == measure::spend ? format_nano_units(rows[r].values[m]) : i128_text(rows[r].values[m]);
+    }
+    out.push_back('\n');
+  }
+  return out;
+}
+
+std::string staged_upsert_sql(const std::string& schema, const rollup_spec& spec) {
+  auto keys = spec.key_columns();
+  auto measures = spec.measure_columns();
+  std::string cols, conflict, updates;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    cols += quote_identifier(keys[i]) + ", ";
+    conflict += (i ? ", " : "") + quote_identifier(keys[i]);
+  }
+  for (const auto& m : measures) {
+    std::string col = quote_identifier(m);
+    cols += col + ", ";
+    updates += col + " = t." + col + " + EXCLUDED." + col + ", ";
+  }
+  // ORDER BY ord: the key order of the merge, so the lock order; Postgres
+  // would otherwise be free to read the staging table in any order.
+  return "INSERT INTO " + qualified_table(schema, spec.table) + " AS t (" + cols + "updated_at) SELECT " + cols
+         + "now() FROM " + stage_table(spec) + " ORDER BY ord ON CONFLICT (" + conflict + ") DO UPDATE SET "
+         + updates + "updated_at = now()";
+}
+
+result<pg_rows> stage_rows(pg_client& pg, const rollup_spec& spec, const std::string& copy_data) {
+  return pg.copy_in("COPY " + stage_table(spec) + " FROM STDIN", copy_data);
+}
+
+result<pg_rows> upsert_staged(pg_client& pg, const std::string& schema, const rollup_spec& spec) {
+  return pg.exec(staged_upsert_sql(schema, spec));
+}
+
 result<flush_outcome> flush_batches(pg_client& pg, const flush_settings& st,
                                     const std::vector<const batch*>& batches,
                                     const std::function<bool()>& still_leader) {
@@ -250,13 +334,15 @@ result<flush_outcome> flush_batches(pg_client& pg, const flush_settings& st,
   out.batches_new = apply.size();
   out.batches_duplicate = batches.size() - apply.size();
   const auto& specs = rollup_specs();
-  std::vector<std::vector<std::string>> params(specs.size());
+  std::vector<std::string> copy_data(specs.size());
+  std::string stage_ddl;
   {
     auto merged = merge_batches(apply);
     for (size_t s = 0; s < specs.size(); ++s) {
       if (merged[s].empty())
         continue;
-      params[s] = upsert_params(specs[s], merged[s]);
+      copy_data[s] = stage_copy_data(specs[s], merged[s]);
+      stage_ddl += "; " + stage_table_ddl(specs[s]);
       out.rows += merged[s].size();
       out.tables.push_back({specs[s].table, merged[s].size()});
     }
@@ -277,7 +363,7 @@ result<flush_outcome> flush_batches(pg_client& pg, const flush_settings& st,
           + ", (SELECT setting::bigint FROM pg_settings WHERE name = 'deadlock_timeout') * 4 / 5))::text, true);";
   begin += " SET LOCAL statement_timeout = " + std::to_string(st.statement_timeout.count())
            + "; SET LOCAL idle_in_transaction_session_timeout = "
-           + std::to_string(st.idle_in_transaction_timeout.count());
+           + std::to_string(st.idle_in_transaction_timeout.count()) + stage_ddl;
   if (auto r = pg.exec(begin); !r) {
     rollback();
     return with_context(r.error(), "begin");
@@ -315,8 +401,14 @@ result<flush_outcome> flush_batches(pg_client& pg, const flush_settings& st,
   // rows gateways also update directly) last, so their row locks are held
   // only from their own upsert to COMMIT, not while the big tables upsert.
   for (size_t s = specs.size(); s-- > 0;) {
-    if (params[s].empty())
+    if (copy_data[s].empty())
       continue;
+    // Staging takes no lock on shared rows, so it stays outside the
+    // savepoint: a lock-timeout retry redoes only the upsert.
+    if (auto staged = stage_rows(pg, specs[s], copy_data[s]); !staged) {
+      rollback();
+      return with_context(staged.error(), "stage " + specs[s].table);
+    }
     // Each upsert runs under a savepoint with a short lock_timeout that
     // grows per attempt (capped as above). A foreign writer locking rows in
     // random order can trap a waiting flush in a lock cycle; rolling back
@@ -339,7 +431,7 @@ result<flush_outcome> flush_batches(pg_client& pg, const flush_settings& st,
         rollback();
         return with_context(sp.error(), "savepoint");
       }
-      r = upsert_rows(pg, st.schema, specs[s], params[s]);
+      r = upsert_staged(pg, st.schema, specs[s]);
       if (r || r.error().sqlstate != "55P03" || attempt + 1 >= upsert_lock_attempts || !still_leader())
         break;
       if (auto back = pg.exec("ROLLBACK TO SAVEPOINT tally_upsert"); !back) {
@@ -405,12 +497,28 @@ result<uint64_t> take_epoch(pg_client& pg, const std::string& schema, const std:
   return static_cast<uint64_t>(std::stoull(epoch->rows[0][0]));
 }
 
-result<long> prune_applied_batches(pg_client& pg, const std::string& schema, std::chrono::hours retention) {
-  auto r = pg.exec_params("DELETE FROM " + qualified_table(schema, "tally_applied_batches")
-                            + " WHERE applied_at < now() - make_interval(hours => $1::int)",
-                          {std::to_string(retention.count())});
-  if (!r)
+result<long> prune_applied_batches(pg_client& pg, const std::string& schema, std::chrono::hours retention,
+                                   long limit, std::chrono::milliseconds statement_timeout) {
+  const std::string table = qualified_table(schema, "tally_applied_batches");
+  if (auto r = pg.exec("BEGIN; SET LOCAL statement_timeout = " + std::to_string(statement_timeout.count())
+                       + "; SET LOCAL lock_timeout = " + std::to_string(statement_timeout.count()));
+      !r) {
+    (void)pg.exec("ROLLBACK");
     return with_context(r.error(), "prune applied batches");
+  }
+  // The applied_at index finds the oldest ids without scanning the table.
+  auto r = pg.exec_params("DELETE FROM " + table + " WHERE batch_id IN (SELECT batch_id FROM " + table
+                            + " WHERE applied_at < now() - make_interval(hours => $1::int)"
+                              " ORDER BY applied_at LIMIT $2::bigint FOR UPDATE SKIP LOCKED)",
+                          {std::to_string(retention.count()), std::to_string(limit)});
+  if (!r) {
+    (void)pg.exec("ROLLBACK");
+    return with_context(r.error(), "prune applied batches");
+  }
+  if (auto c = pg.exec("COMMIT"); !c) {
+    (void)pg.exec("ROLLBACK");
+    return with_context(c.error(), "prune applied batches");
+  }
   return r->affected;
 }
 

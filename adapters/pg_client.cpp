@@ -12,6 +12,7 @@
 
 #include <libpq-fe.h>
 
+#include <algorithm>
 #include <charconv>
 #include <unordered_map>
 
@@ -477,6 +478,46 @@ result<pg_rows> pg_client::exec_prepared(const std::string& name, const std::str
     rows = impl_->run_prepared(name, params);
   }
   return rows;
+  });
+}
+
+// PQexec starts the COPY (one round trip), PQputCopyData queues the input in
+// pieces (blocking mode: each call returns only once libpq took the piece,
+// flushing to the socket as its buffer fills), PQputCopyEnd ends it and
+// PQgetResult waits for the server's verdict. A statement that does not
+// start a COPY IN is answered like exec (an error, or refused if it is some
+// other COPY). A server error during the copy comes back from PQgetResult;
+// a lost connection as connection_lost.
+result<pg_rows> pg_client::copy_in(const std::string& sql, std::string_view data) {
+  if (!impl_)
+    return make_error(pg_errc::connection_lost, moved_from_message);
+  return impl_->guarded(sql, [&]() -> result<pg_rows> {
+    PGconn* conn = impl_->conn.get();
+    result_ptr start(PQexec(conn, sql.c_str()));
+    if (!start || PQresultStatus(start.get()) != PGRES_COPY_IN)
+      return impl_->finish(start.release());
+    // Pieces of 1 MiB: large enough to amortize the call, small enough not
+    // to double a big payload inside libpq's output buffer.
+    constexpr size_t piece = 1u << 20;
+    const char* failed = nullptr;
+    for (size_t at = 0; at < data.size() && failed == nullptr; at += piece) {
+      size_t n = std::min(piece, data.size() - at);
+      if (PQputCopyData(conn, data.data() + at, static_cast<int>(n)) != 1)
+        failed = "send";
+    }
+    if (PQputCopyEnd(conn, failed) != 1 && failed == nullptr)
+      failed = "end";
+    // The COPY's own result, then null; a later non-null result would be
+    // the server's answer to a protocol error, kept if it is the failure.
+    result<pg_rows> out = impl_->finish(PQgetResult(conn));
+    while (PGresult* extra = PQgetResult(conn)) {
+      auto more = impl_->finish(extra);
+      if (out && !more)
+        out = more;
+    }
+    if (out && failed != nullptr)
+      return impl_->failure(nullptr);
+    return out;
   });
 }
 

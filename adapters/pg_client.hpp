@@ -7,7 +7,8 @@
 // returns pg_errc::connection_lost and the next call reconnects once. Errors
 // keep the server's SQLSTATE in error_info::sqlstate ("40P01" deadlock,
 // "55P03" lock timeout, "57014" statement timeout, "40001" serialization...).
-// Parameters are sent as text, NULL never used. A connection lost inside a
+// Parameters are sent as text, NULL never used. COPY FROM STDIN runs only
+// through copy_in (which supplies the data); any other COPY is refused. A connection lost inside a
 // transaction is never silently replaced: every statement fails with
 // connection_lost until the caller sends ROLLBACK (answered at once) or
 // BEGIN/START (which reconnects), so nothing runs in autocommit by accident. No libpq type appears here.
@@ -56,6 +57,10 @@ public:
 
   /// Runs one statement with text parameters ($1, $2, ...).
   result<pg_rows> exec_params(const std::string& sql, const std::vector<std::string>& params);
+
+  /// Runs one `COPY ... FROM STDIN` statement and sends `data` as its whole
+  /// input (in the statement's format); `affected` is the rows copied.
+  result<pg_rows> copy_in(const std::string& sql, std::string_view data);
 
   /// Prepares `sql` under `name` on this connection (once; a reconnect
   /// re-prepares lazily) and runs it.

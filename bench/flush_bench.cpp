@@ -3,8 +3,15 @@
 //  * BM_Upsert/<strategy>/<rows>: one flush's upsert of `rows` merged
 //    tally_daily rows (half of them hitting existing rows), in one
 //    transaction that is rolled back so every iteration sees the same table.
-//    strategy 0 = unnest arrays (what tally uses), 1 = multi-row VALUES in
-//    statements of 1000 rows (the usual alternative; pg_client has no COPY).
+//    strategy 0 = one INSERT over unnest() of arrays (tally's earlier apply),
+//    1 = multi-row VALUES in statements of 1000 rows (the usual alternative),
+//    2 = COPY into a temporary staging table, then one INSERT ... SELECT
+//    ORDER BY ord (what tally uses: adapters/flush_sql.hpp). Each includes
+//    building its parameters or COPY data from the merged rows.
+//  * BM_FlushWhilePruning/<prune>: latency of small flushes (flush_batches,
+//    100 tally_spend rows each) with prune=1 while the pruner's bounded
+//    batches (same size and pacing as actors/pruner) delete 1,000,000
+//    expired applied batch ids on another connection, prune=0 without. Counters p50_ms, p99_ms.
 //  * BM_DirectWriters: the problem itself. 16 threads, each event one
 //    transaction of `UPDATE tally_spend SET spend = spend + x` on 4 of 100
 //    hot rows in random order, as gateways do. Counters: events/s, deadlocks.
@@ -23,7 +30,9 @@
 
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <memory>
 #include <random>
 #include <thread>
@@ -101,9 +110,20 @@ void BM_Upsert(benchmark::State& state) {
     (void)conn->exec("TRUNCATE tally_daily");
     (void)adapters::upsert_rows(*conn, "public", spec, adapters::upsert_params(spec, half));
   }
+  // The staging table lives as long as the session (as in the flusher, which
+  // creates it once; later transactions find it).
+  if (strategy == 2)
+    (void)conn->exec(adapters::stage_table_ddl(spec));
   for (auto _ : state) {
-    (void)conn->exec("BEGIN");
-    if (strategy == 0) {
+    (void)conn->exec(strategy == 2 ? "BEGIN; " + adapters::stage_table_ddl(spec) : std::string("BEGIN"));
+    if (strategy == 2) {
+      auto staged = adapters::stage_rows(*conn, spec, adapters::stage_copy_data(spec, rows));
+      auto r = staged ? adapters::upsert_staged(*conn, "public", spec) : staged;
+      if (!r)
+        state.SkipWithError(r.error().message.c_str());
+      else if (r->affected != static_cast<long>(n))
+        state.SkipWithError("the staged upsert did not touch every row");
+    } else if (strategy == 0) {
       auto r = adapters::upsert_rows(*conn, "public", spec, adapters::upsert_params(spec, rows));
       if (!r)
         state.SkipWithError(r.error().message.c_str());
@@ -128,7 +148,77 @@ void BM_Upsert(benchmark::State& state) {
   }
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * n));
 }
-BENCHMARK(BM_Upsert)->ArgsProduct({{0, 1}, {1000, 20000}})->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Upsert)->ArgsProduct({{0, 1, 2}, {1000, 20000}})->Unit(benchmark::kMillisecond)->UseRealTime();
+
+void BM_FlushWhilePruning(benchmark::State& state) {
+  const bool prune = state.range(0) != 0;
+  auto conn = adapters::pg_client::connect(env().pg.url(), 5000ms);
+  const std::string ns = prune ? "prune1" : "prune0";
+  auto epoch = adapters::take_epoch(*conn, "public", ns, "bench", 5000ms);
+  if (!epoch) {
+    state.SkipWithError(epoch.error().message.c_str());
+    return;
+  }
+  // The CTest smoke entry only checks that this runs.
+  const long expired_ids = std::getenv("TALLY_BENCH_SMOKE") != nullptr ? 10'000 : 1'000'000;
+  if (prune)
+    (void)conn->exec("INSERT INTO tally_applied_batches (batch_id, epoch, applied_at) SELECT 'expired:' || g, 0, "
+                     "now() - interval '30 days' FROM generate_series(1, " + std::to_string(expired_ids) + ") g");
+  std::atomic<bool> stop{false};
+  std::atomic<long> pruned{0};
+  std::thread pruner;
+  if (prune)
+    pruner = std::thread([&] {
+      auto pc = adapters::pg_client::connect(env().pg.url(), 5000ms);
+      while (!stop.load()) {
+        auto started = std::chrono::steady_clock::now();
+        auto n = adapters::prune_applied_batches(*pc, "public", std::chrono::hours(24 * 7),
+                                                 adapters::prune_batch_ids, adapters::prune_statement_timeout);
+        if (!n || *n < adapters::prune_batch_ids)
+          break;
+        pruned += *n;
+        std::this_thread::sleep_for(adapters::prune_rest(
+          std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started)));
+      }
+    });
+  adapters::flush_settings settings;
+  settings.ns = ns;
+  settings.leader = "bench";
+  settings.epoch = *epoch;
+  const auto& spec = rollup_specs()[0];
+  static long next_batch = 0;
+  std::vector<double> latencies_ms;
+  for (auto _ : state) {
+    adapters::batch b;
+    b.id = "lat:" + std::to_string(next_batch++);
+    adapters::batch_table t{spec.table, spec.key_columns(), spec.measure_columns(), {}};
+    for (int r = 0; r < 100; ++r)
+      t.rows.push_back({{"key", "", "k" + std::to_string(r)}, std::vector<__int128>(spec.measures.size(), 1)});
+    b.tables.push_back(std::move(t));
+    auto started = std::chrono::steady_clock::now();
+    auto out = adapters::flush_batches(*conn, settings, {&b}, [] { return true; });
+    auto took = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    if (!out || out->what != adapters::flush_outcome::kind::committed) {
+      state.SkipWithError(out ? "flush not committed" : out.error().message.c_str());
+      break;
+    }
+    state.SetIterationTime(took);
+    latencies_ms.push_back(took * 1000);
+  }
+  stop = true;
+  if (pruner.joinable())
+    pruner.join();
+  if (latencies_ms.empty())
+    return;
+  std::sort(latencies_ms.begin(), latencies_ms.end());
+  auto at = [&](double q) { return latencies_ms[std::min(latencies_ms.size() - 1, size_t(q * latencies_ms.size()))]; };
+  state.counters["p50_ms"] = at(0.50);
+  state.counters["p99_ms"] = at(0.99);
+  state.counters["pruned"] = static_cast<double>(pruned.load());
+  if (prune)
+    (void)conn->exec("DELETE FROM tally_applied_batches WHERE batch_id LIKE 'expired:%'");
+}
+BENCHMARK(BM_FlushWhilePruning)->Arg(0)->Arg(1)->Iterations(400)->UseManualTime()->Unit(benchmark::kMillisecond);
 
 constexpr int hot_rows = 100;
 constexpr int writers = 16;

@@ -14,6 +14,7 @@
 // design, §2).
 #include "adapters/flush_sql.hpp"
 #include "adapters/pg_client.hpp"
+#include "adapters/pg_schema.hpp"
 #include "core/rollup.hpp"
 #include "tests/harness/servers.hpp"
 #include "tests/support/child_process.hpp"
@@ -541,4 +542,36 @@ TEST(Flush, RedisLosingBatchesIsRepairedByRetention) {
   ASSERT_TRUE(wait_for([&] { return redis_drained(redis, {"p"}) && p.stat("flushes") > 0; }, 60s)) << slurp(p.log);
   stop_node(p);
   expect_postgres_equals(pg, reference(0, n));
+}
+
+// A leader inherits a large backlog of expired applied batch ids, and a
+// foreign session holds a lock on one of them. The flusher applies the
+// fleet's events exactly once without waiting for any of it (a prune on the
+// flush path that waited on that row would stall flushing for as long as
+// the lock is held); the pruner deletes the rest in small batches, going
+// around the locked row; ids inside the retention stay.
+TEST(Flush, ExpiredAppliedBatchIdsArePrunedWithoutStallingFlushes) {
+  redis_server redis;
+  postgres_server pg;
+  procs ps("flush");
+  constexpr uint64_t n = 20'000;
+  auto holder = adapters::pg_client::connect(pg.url(), 5000ms);
+  ASSERT_TRUE(holder.ok());
+  ASSERT_TRUE(adapters::migrate_schema(*holder, "public").ok());
+  ASSERT_TRUE(holder->exec("INSERT INTO tally_applied_batches (batch_id, epoch, applied_at) SELECT 'expired:' || g, "
+                           "0, now() - interval '30 days' FROM generate_series(1, 50000) g")
+                .ok());
+  ASSERT_TRUE(holder->exec("BEGIN; SELECT 1 FROM tally_applied_batches WHERE batch_id = 'expired:1' FOR UPDATE").ok());
+  auto& producer = ps.start("prune-producer", producer_args(redis.url(), "p", 0, n));
+  auto& a = ps.start("prune-a", node_args(redis.url(), pg.url(), "a"));
+  expect_exit_ok(producer, 120s);
+  ASSERT_TRUE(wait_for([&] { return redis_drained(redis, {"a"}); }, 120s)) << slurp(a.log);
+  auto expired = [&] { return pg.psql("SELECT count(*) FROM tally_applied_batches WHERE batch_id LIKE 'expired:%'"); };
+  ASSERT_TRUE(wait_for([&] { return expired() == "1\n"; }, 120s)) << expired() << slurp(a.log);
+  EXPECT_TRUE(wait_for([&] { return contains(a.log, "pruned 49999 applied batch ids"); }, 30s)) << slurp(a.log);
+  EXPECT_NE(pg.psql("SELECT count(*) FROM tally_applied_batches WHERE batch_id NOT LIKE 'expired:%'"), "0\n");
+  ASSERT_TRUE(holder->exec("ROLLBACK").ok());
+  stop_node(a);
+  expect_postgres_equals(pg, reference(0, n));
+  expect_one_leader_per_epoch(pg);
 }

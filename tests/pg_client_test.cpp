@@ -270,6 +270,34 @@ TEST(PgClient, CopyIsRefusedAndTheClientRecovers) {
   EXPECT_EQ(scalar(client, "select 5"), "5");
 }
 
+TEST(PgClient, CopyInSendsRowsAndReportsTheirCount) {
+  auto client = connect_or_die();
+  ASSERT_TRUE(client.exec("create table copy_t (n int, s text)").ok());
+  // More than one 1 MiB piece, so the data crosses several PQputCopyData calls.
+  std::string data;
+  for (int i = 0; i < 100000; ++i)
+    data += std::to_string(i) + "\tvalue-" + std::string(10, 'x') + "\\\\" + "\n";
+  ASSERT_GT(data.size(), size_t{2u << 20});
+  auto copied = client.copy_in("copy copy_t from stdin", data);
+  ASSERT_TRUE(copied.ok()) << copied.error().message;
+  EXPECT_EQ(copied->affected, 100000);
+  EXPECT_EQ(scalar(client, "select count(*) from copy_t where s = 'value-xxxxxxxxxx\\'"), "100000");
+}
+
+TEST(PgClient, CopyInBadDataFailsWithSqlstateAndTheClientGoesOn) {
+  auto client = connect_or_die();
+  ASSERT_TRUE(client.exec("create table copy_bad (n int)").ok());
+  auto copied = client.copy_in("copy copy_bad from stdin", "1\nnot-a-number\n");
+  ASSERT_FALSE(copied.ok());
+  EXPECT_EQ(copied.error().code, code(pg_errc::query_failed));
+  EXPECT_EQ(copied.error().sqlstate, "22P02");
+  EXPECT_EQ(scalar(client, "select count(*) from copy_bad"), "0");
+  // A statement that is no COPY FROM STDIN is answered as by exec.
+  auto plain = client.copy_in("select 1", "");
+  ASSERT_TRUE(plain.ok());
+  EXPECT_EQ(scalar(client, "select 6"), "6");
+}
+
 TEST(PgClient, ConnectionDefaultsMergeWithUriAndKeywords) {
   // A URI with its own query string gets the defaults after '&'.
   auto uri = connect_or_die(server->url() + "?application_name=tally_uri_test");
