@@ -22,7 +22,7 @@ struct aggregator_state {
   uint32_t soft_limit = 0;
   uint32_t hard_limit = 0;
   bool paused = false;  // map at soft_limit: wait for the next swap
-  std::vector<std::pair<agg_key, measure_values>> overflow;  // past hard_limit: never lose
+  std::vector<std::pair<agg_key, measure_values>> overflow;  // past hard_limit in a swap: never lose
   queued_event buffer[bulk_size];
 
   agg_map_ptr fresh_map() {
@@ -40,6 +40,25 @@ struct aggregator_state {
       sum->add(m);
     else
       overflow.emplace_back(q.key, m);
+  }
+
+  /// The map at its hard limit plus the overflow, in one map that holds
+  /// every key. The queue bound does not cap the overflow: only this actor
+  /// raises `full`, so while it gets no CPU time producers keep enqueuing,
+  /// and a swap can find any number of distinct keys. All of them belong in
+  /// the map the swap hands over: a durable ticket the writer saw before the
+  /// swap counts on it, and the next map may not have room either.
+  agg_map_ptr merge_overflow(agg_map_ptr full) {
+    auto merged = std::make_shared<agg_map>(static_cast<uint32_t>(full->size() + overflow.size()));
+    full->for_each([&](const agg_key& key, measure_values& m) { merged->find_or_insert(key, hash_of(key))->add(m); });
+    for (auto& [key, m] : overflow)
+      merged->find_or_insert(key, hash_of(key))->add(m);
+    overflow.clear();
+    overflow.shrink_to_fit();
+    full->clear();
+    if (!spare)
+      spare = std::move(full);
+    return merged;
   }
 
   /// Moves up to `budget` events from the queue into the map; returns how
@@ -111,15 +130,9 @@ caf::behavior aggregator(aggregator_actor* self, ingest_state* ingest, shard* ho
       // ticket seen before the swap always finds its event in this map.
       s.drain(SIZE_MAX, false);
       auto full = std::move(s.active);
+      if (!s.overflow.empty())
+        full = s.merge_overflow(std::move(full));
       s.active = s.fresh_map();
-      for (auto& [key, m] : s.overflow) {  // only when the hard limit was hit
-        auto* sum = full->find_or_insert(key, hash_of(key));
-        if (sum == nullptr)
-          sum = s.active->find_or_insert(key, hash_of(key));
-        if (sum != nullptr)
-          sum->add(m);
-      }
-      s.overflow.clear();
       s.paused = false;
       update_full(s);
       // Awake (or paused) shards get a turn: producers will not wake them.
@@ -128,6 +141,9 @@ caf::behavior aggregator(aggregator_actor* self, ingest_state* ingest, shard* ho
       return full;
     },
     [=](recycle_atom, agg_map_ptr& map) {
+      // A merged map (merge_overflow) is not kept: its bound is not ours.
+      if (map->max_size() != self->state.hard_limit)
+        return;
       map->clear();
       if (!self->state.spare)
         self->state.spare = std::move(map);
