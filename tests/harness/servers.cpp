@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <arpa/inet.h>
+#include <cctype>
 #include <cerrno>
 #include <csignal>
 #include <cstdlib>
@@ -988,6 +989,17 @@ postgres_server::postgres_server() {
                                  " times" + log_tail(log_file()));
     }
     run_psql("postgres", "CREATE DATABASE tally");
+    if (const char* role = std::getenv("TALLY_TEST_PG_ROLE"); role != nullptr && *role != '\0') {
+      // What a production deployment runs as: an ordinary role that owns
+      // its database, without the superuser's rights (SET deadlock_timeout
+      // among them). The harness itself stays superuser (psql()).
+      role_ = role;
+      for (char c : role_)
+        if (!(std::islower(static_cast<unsigned char>(c)) || std::isdigit(static_cast<unsigned char>(c)) || c == '_'))
+          throw std::runtime_error("TALLY_TEST_PG_ROLE must be a plain lower-case name, got '" + role_ + "'");
+      run_psql("postgres", "CREATE ROLE " + role_ + " LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE");
+      run_psql("postgres", "ALTER DATABASE tally OWNER TO " + role_);
+    }
   } catch (...) {
     if (running())
       kill();
@@ -1002,7 +1014,8 @@ postgres_server::~postgres_server() {
 }
 
 std::string postgres_server::url() const {
-  return "postgresql://postgres@127.0.0.1:" + std::to_string(port_) + "/tally";
+  return "postgresql://" + (role_.empty() ? std::string("postgres") : role_) + "@127.0.0.1:" + std::to_string(port_)
+         + "/tally";
 }
 
 bool postgres_server::try_start() {

@@ -166,6 +166,10 @@ private:
 
 /// One postgres 15 cluster (initdb once, then a postmaster child process)
 /// with a database "tally", trust auth for user postgres on 127.0.0.1.
+/// With TALLY_TEST_PG_ROLE=<name> set, the database is owned by a new
+/// ordinary role of that name (no superuser, no CREATEDB/CREATEROLE) and
+/// url() connects as it, so whatever tally runs against it has only the
+/// rights a production role has; psql() still connects as postgres.
 /// Runs with fsync=off: a kill() loses nothing that the OS page cache holds,
 /// which is what a process crash (not a power cut) looks like.
 class postgres_server {
@@ -176,8 +180,10 @@ public:
   postgres_server& operator=(const postgres_server&) = delete;
 
   int port() const noexcept { return port_; }
-  /// postgresql://postgres@127.0.0.1:<port>/tally
+  /// postgresql://<postgres or TALLY_TEST_PG_ROLE>@127.0.0.1:<port>/tally
   std::string url() const;
+  /// Whether url() connects as a superuser (no TALLY_TEST_PG_ROLE).
+  bool superuser() const noexcept { return role_.empty(); }
   pid_t pid() const noexcept { return pid_; }
   const std::string& dir() const noexcept { return dir_; }
   std::string data_dir() const { return dir_ + "/data"; }
@@ -200,6 +206,7 @@ private:
   std::string dir_;
   int port_ = 0;
   pid_t pid_ = -1;
+  std::string role_;                 // TALLY_TEST_PG_ROLE; empty: postgres
   bool drop_root_ = false;           // run binaries as run_uid_/run_gid_
   uid_t run_uid_ = 0;
   gid_t run_gid_ = 0;
