@@ -743,7 +743,10 @@ bool redis_server::try_start() {
   spawn_spec spec;
   spec.argv = {"redis-server",
                "--port", std::to_string(port_),
-               "--bind", "127.0.0.1",
+               "--bind", opts_.bind,
+               // Reached from other network namespaces when bound beyond
+               // loopback: the tests' own servers need no protection.
+               "--protected-mode", "no",
                "--save", "",  // no RDB snapshots: persistence is the AOF or nothing
                "--daemonize", "no",
                "--dir", dir_,
@@ -950,7 +953,7 @@ bool redis_sentinel_server::wait_for_replicas(int n, milliseconds deadline) cons
 
 // --- postgres_server ---------------------------------------------------------------
 
-postgres_server::postgres_server() {
+postgres_server::postgres_server(postgres_options opts) : opts_(std::move(opts)) {
   if (::geteuid() == 0) {
     // initdb and postgres refuse root. getpwnam is fine here (before fork).
     const passwd* pw = ::getpwnam("postgres");
@@ -979,6 +982,12 @@ postgres_server::postgres_server() {
       kill_tree(initdb_pid);
     if (status == -1 || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
       throw std::runtime_error("initdb failed (" + describe_status(status) + ")" + log_tail(initdb.log_file));
+    if (!opts_.trust_cidr.empty()) {
+      std::ofstream hba(data_dir() + "/pg_hba.conf", std::ios::app);
+      hba << "host all all " << opts_.trust_cidr << " trust\n";
+      if (!hba.flush())
+        throw std::runtime_error("postgres_server: cannot extend pg_hba.conf");
+    }
 
     for (int attempt = 1;; ++attempt) {
       port_ = free_port();
@@ -1022,7 +1031,7 @@ bool postgres_server::try_start() {
   const std::string log = log_file();
   const auto log_offset = file_size_or_zero(log);
   spawn_spec spec;
-  spec.argv = {pg_bin("postgres"), "-D", data_dir(), "-k", dir_, "-h", "127.0.0.1", "-p", std::to_string(port_),
+  spec.argv = {pg_bin("postgres"), "-D", data_dir(), "-k", dir_, "-h", opts_.listen, "-p", std::to_string(port_),
                // Durability against process crashes is all tests need; the
                // page cache survives kill -9.
                "-c", "fsync=off", "-c", "full_page_writes=off",
