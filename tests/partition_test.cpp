@@ -20,6 +20,7 @@
 // it does not skip.
 #include "tests/harness/servers.hpp"
 #include "tests/support/child_process.hpp"
+#include "tests/support/netns.hpp"
 #include "tests/support/postgres_rows.hpp"
 #include "tests/support/workload.hpp"
 
@@ -38,89 +39,6 @@ namespace {
 
 constexpr uint64_t seed = 7;
 constexpr const char* ns = "t";
-
-/// Runs a command to completion; returns its output and exit status.
-int run(const std::vector<std::string>& argv, std::string* output = nullptr) {
-  std::string log = temp_dir("tally-ip-") + "/out";
-  pid_t pid = spawn_process(argv, log);
-  int status = wait_process(pid, 30s);
-  if (output)
-    *output = slurp(log);
-  return status != -1 && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
-void ip(const std::vector<std::string>& args) {
-  std::vector<std::string> argv{"ip"};
-  argv.insert(argv.end(), args.begin(), args.end());
-  std::string out;
-  if (run(argv, &out) != 0) {
-    std::string line;
-    for (auto& a : argv)
-      line += a + " ";
-    throw std::runtime_error("failed: " + line + "\n" + out);
-  }
-}
-
-/// A network namespace with one link towards Redis and one towards
-/// Postgres; destroyed (links and all) with the object.
-class netns_host {
-public:
-  explicit netns_host(int index) {
-    const std::string tag = std::to_string(::getpid() % 100000) + "x" + std::to_string(index);
-    name_ = "tly" + tag;
-    // 10.<100 + pid % 100>.<2i or 2i+1>.0/24: distinct per test process
-    // and per host, in the private range.
-    const std::string net = "10." + std::to_string(100 + ::getpid() % 100) + ".";
-    links_[0] = {"t" + tag + "r", net + std::to_string(2 * index) + "."};
-    links_[1] = {"t" + tag + "p", net + std::to_string(2 * index + 1) + "."};
-    ip({"netns", "add", name_});
-    created_ = true;
-    ip({"-n", name_, "link", "set", "lo", "up"});
-    for (auto& l : links_) {
-      ip({"link", "add", l.host_side(), "type", "veth", "peer", "name", l.ns_side()});
-      ip({"link", "set", l.ns_side(), "netns", name_});
-      ip({"addr", "add", l.prefix + "1/24", "dev", l.host_side()});
-      ip({"link", "set", l.host_side(), "up"});
-      ip({"-n", name_, "addr", "add", l.prefix + "2/24", "dev", l.ns_side()});
-      ip({"-n", name_, "link", "set", l.ns_side(), "up"});
-    }
-  }
-  ~netns_host() {
-    if (!created_)
-      return;
-    for (auto& l : links_)
-      run({"ip", "link", "del", l.host_side()});
-    run({"ip", "netns", "del", name_});
-  }
-  netns_host(const netns_host&) = delete;
-  netns_host& operator=(const netns_host&) = delete;
-
-  /// The host-side address this namespace reaches Redis / Postgres at.
-  std::string redis_address() const { return links_[0].prefix + "1"; }
-  std::string postgres_address() const { return links_[1].prefix + "1"; }
-
-  void cut_redis() { ip({"link", "set", links_[0].host_side(), "down"}); }
-  void heal_redis() { ip({"link", "set", links_[0].host_side(), "up"}); }
-  void cut_postgres() { ip({"link", "set", links_[1].host_side(), "down"}); }
-  void heal_postgres() { ip({"link", "set", links_[1].host_side(), "up"}); }
-
-  /// `argv` run inside the namespace.
-  std::vector<std::string> inside(std::vector<std::string> argv) const {
-    argv.insert(argv.begin(), {"ip", "netns", "exec", name_});
-    return argv;
-  }
-
-private:
-  struct link {
-    std::string name;
-    std::string prefix;  // "10.1xx.yy."
-    std::string host_side() const { return name + "h"; }
-    std::string ns_side() const { return name + "n"; }
-  };
-  std::string name_;
-  link links_[2];
-  bool created_ = false;
-};
 
 bool contains(const std::string& path, const std::string& text) {
   return slurp(path).find(text) != std::string::npos;
