@@ -11,7 +11,9 @@
 # an allocation over 256 MiB fails the run; the input that did it is kept
 # as BUILD_DIR/fuzz/<target>/crash-* (or timeout-*, oom-*) and named on the
 # last line, so it can be replayed: BUILD_DIR/tests/fuzz/<target> <file>.
-# A target that is not built is a failure, never a skip.
+# A target that is not built is a failure, never a skip. Fuzzers run at a
+# lower priority (nice 10): their time is bounded, not their work, so they
+# can share the machine with the integration suites that run beside them.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 build_dir="$(cd "${1:?usage: run.sh BUILD_DIR TARGET...}" && pwd)"
@@ -42,7 +44,7 @@ for target in "$@"; do
   TMPDIR="$tmp" \
   ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:symbolize=1${ASAN_OPTIONS:+:$ASAN_OPTIONS}" \
   UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}" \
-    "$binary" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=256 \
+    nice -n 10 "$binary" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=256 \
       -print_final_stats=1 -artifact_prefix="$work/" "$work/corpus" "$seeds" >"$work/log" 2>&1
   rc=$?
   set -e
