@@ -138,6 +138,15 @@ std::string parse_host_port(std::string_view hostport, std::string& host_out, in
   }
   if (host.empty())
     return "missing host";
+  // The host reaches hiredis as a C string: a NUL would silently cut it to
+  // another name, and no host name or address holds spaces, control bytes
+  // or a ',' (which only separates Sentinel addresses).
+  for (char c : host) {
+    auto byte = static_cast<unsigned char>(c);
+    if (byte <= 0x20 || byte == 0x7f || c == ',')
+      return "host holds a byte no host name can ('" + std::string(1, c == '\0' ? '0' : c) + "', "
+             + std::to_string(byte) + ")";
+  }
   int parsed_port = port_out;
   if (has_port && !parse_decimal(port, 1, 65535, parsed_port))
     return "port must be a number from 1 to 65535, got '" + std::string(port) + "'";

@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cctype>
 #include <chrono>
+#include <fstream>
 #include <sstream>
 
 extern char** environ;
@@ -669,6 +670,20 @@ tables_text redis_tables_to_list(const toml::node& node, const std::string& wher
 } // namespace
 
 std::string apply_config_file(daemon_options& o, const std::string& path, bool only_changeable) {
+  // toml++ 3.3 (Debian 12) reaches __builtin_unreachable(), undefined
+  // behaviour, on some non-ASCII characters in keys and bare values (U+00A1
+  // to U+0499, 'é' among them). Every option's name and value is ASCII, and
+  // TOML strings can spell any other character as \uXXXX, so such a file is
+  // refused before toml++ reads it.
+  {
+    std::ifstream in(path, std::ios::binary);
+    std::string line;
+    for (int number = 1; std::getline(in, line); ++number)
+      for (char c : line)
+        if (static_cast<unsigned char>(c) >= 0x80)
+          return "config " + path + ":" + std::to_string(number)
+                 + ": non-ASCII text; write such characters as \\uXXXX escapes inside a string";
+  }
   toml::table doc;
   try {
     doc = toml::parse_file(path);

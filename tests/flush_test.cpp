@@ -33,6 +33,7 @@
 #include <sstream>
 #include <sys/wait.h>
 #include <thread>
+#include <unistd.h>
 
 using namespace tally;
 using namespace tally::testing;
@@ -503,6 +504,13 @@ TEST(Flush, ForeignWriterNoLostIncrementsNoDeadlock) {
     expected["tally_spend"][{"key", "", id}][0] += nanos;
   expect_postgres_equals(pg, expected);
   EXPECT_FALSE(contains(a.log, "40P01")) << "a tally flush failed with a deadlock:\n" << slurp(a.log);
+  // The deadlock handling that ran is the one the role allows: a superuser
+  // raises its own deadlock_timeout; an ordinary role cannot, so its lock
+  // timeout stays under the server's deadlock_timeout and it yields.
+  if (pg.superuser())
+    EXPECT_TRUE(contains(a.log, "flushes take deadlock priority")) << slurp(a.log);
+  else
+    EXPECT_TRUE(contains(a.log, "no privilege to SET deadlock_timeout")) << slurp(a.log);
   auto log = slurp(a.log);
   auto count = [&](const std::string& what) {
     size_t n = 0;
@@ -571,6 +579,118 @@ TEST(Flush, ExpiredAppliedBatchIdsArePrunedWithoutStallingFlushes) {
   EXPECT_TRUE(wait_for([&] { return contains(a.log, "pruned 49999 applied batch ids"); }, 30s)) << slurp(a.log);
   EXPECT_NE(pg.psql("SELECT count(*) FROM tally_applied_batches WHERE batch_id NOT LIKE 'expired:%'"), "0\n");
   ASSERT_TRUE(holder->exec("ROLLBACK").ok());
+  stop_node(a);
+  expect_postgres_equals(pg, reference(0, n));
+  expect_one_leader_per_epoch(pg);
+}
+
+// --- Races forced with stoppoints (core/failpoint.hpp) -----------------------
+
+namespace {
+
+bool file_exists(const std::string& path) {
+  return ::access(path.c_str(), F_OK) == 0;
+}
+
+void touch(const std::string& path) {
+  std::ofstream(path).put('\n');
+}
+
+long long postgres_epoch(const postgres_server& pg) {
+  std::string text = pg.psql(std::string("SELECT epoch FROM tally_lease WHERE namespace = '") + ns + "'");
+  return text.empty() ? 0 : std::stoll(text);
+}
+
+} // namespace
+
+// The fence race: the leader's flusher has moved batches in flight under
+// epoch E and is held there; meanwhile the lease vanishes from Redis (as in
+// a restart that lost it) and the same instance's lease actor takes it
+// again, epoch E+1 in Postgres. Released, the flusher's transaction of E is
+// refused by the fence; the supervisor must see that fence as stale (this
+// instance holds E+1) and keep the new lease, and the flusher must drain on
+// under E+1. Totals exact, one writer per epoch.
+TEST(Flush, NewEpochTakenWhileTheFlusherHoldsTheOldOne) {
+  redis_server redis;
+  postgres_server pg;
+  procs ps("flush");
+  constexpr uint64_t n = 20'000;
+  const std::string gate = temp_dir("tally-stoppoint-");
+  auto& producer = ps.start("fr-producer", producer_args(redis.url(), "p", 0, n));
+  auto& a = ps.start("fr-a", node_args(redis.url(), pg.url(), "a"),
+                     {"TALLY_FAILPOINT=flush_after_move", "TALLY_FAILPOINT_WAIT_DIR=" + gate});
+  ASSERT_TRUE(wait_for([&] { return file_exists(gate + "/flush_after_move.reached"); }, 60s)) << slurp(a.log);
+  const long long old_epoch = postgres_epoch(pg);
+  ASSERT_GT(old_epoch, 0);
+  ASSERT_GT(redis_int(redis, {"LLEN", key("inflight:a")}), 0) << "the flusher holds no batches";
+
+  ASSERT_EQ(redis_int(redis, {"DEL", key("lease")}), 1);
+  ASSERT_TRUE(wait_for([&] { return postgres_epoch(pg) > old_epoch && a.stat("lease") == 1; }, 30s))
+    << "no new epoch while the flusher was held:\n" << slurp(a.log);
+  const long long new_epoch = postgres_epoch(pg);
+  EXPECT_FALSE(contains(a.log, "flush refused by fence")) << "the race was not held open";
+
+  touch(gate + "/flush_after_move.release");
+  ASSERT_TRUE(wait_for([&] { return contains(a.log, "flush refused by fence"); }, 30s)) << slurp(a.log);
+  ASSERT_TRUE(wait_for([&] {
+    return contains(a.log, "stale fence of epoch " + std::to_string(old_epoch) + " ignored");
+  }, 30s)) << slurp(a.log);
+  expect_exit_ok(producer, 120s);
+  ASSERT_TRUE(wait_for([&] { return redis_drained(redis, {"a"}); }, 120s)) << slurp(a.log);
+  EXPECT_EQ(a.stat("lease"), 1) << "the new lease was given up for the old epoch's fence";
+  EXPECT_EQ(postgres_epoch(pg), new_epoch) << "the lease was taken yet again";
+  EXPECT_EQ(std::stoll(pg.psql("SELECT count(*) FROM tally_applied_batches WHERE epoch = " + std::to_string(old_epoch))), 0)
+    << "a batch committed under the fenced epoch";
+  stop_node(a);
+  expect_postgres_equals(pg, reference(0, n));
+  expect_one_leader_per_epoch(pg);
+}
+
+// The supervisor's restart path while leading: the flusher actor dies (an
+// exception, as from any bug) with batches in flight. The supervisor
+// restarts it under the epoch it holds, without a new lease, and the new
+// flusher applies the batches the dead one left in flight. Totals exact.
+TEST(Flush, FlusherCrashWhileLeadingIsRestarted) {
+  redis_server redis;
+  postgres_server pg;
+  procs ps("flush");
+  constexpr uint64_t n = 20'000;
+  auto& producer = ps.start("fc-producer", producer_args(redis.url(), "p", 0, n));
+  // The first cycle that moves batches: the flusher leads and holds them.
+  auto& a = ps.start("fc-a", node_args(redis.url(), pg.url(), "a"),
+                     {"TALLY_FAILPOINT=flush_after_move", "TALLY_FAILPOINT_THROW=1"});
+  ASSERT_TRUE(wait_for([&] { return contains(a.log, "failpoint flush_after_move: throwing"); }, 60s))
+    << slurp(a.log);
+  const long long epoch = postgres_epoch(pg);
+  ASSERT_GT(redis_int(redis, {"LLEN", key("inflight:a")}), 0) << "the dead flusher left nothing in flight";
+  ASSERT_TRUE(wait_for([&] { return contains(a.log, "flusher actor died"); }, 30s)) << slurp(a.log);
+  ASSERT_TRUE(wait_for([&] { return contains(a.log, "restarting the flusher actor"); }, 30s)) << slurp(a.log);
+  expect_exit_ok(producer, 120s);
+  ASSERT_TRUE(wait_for([&] { return redis_drained(redis, {"a"}); }, 120s)) << slurp(a.log);
+  EXPECT_EQ(postgres_epoch(pg), epoch) << "the restart took a new lease instead of keeping its own";
+  EXPECT_EQ(a.stat("lease"), 1);
+  stop_node(a);
+  expect_postgres_equals(pg, reference(0, n));
+  expect_one_leader_per_epoch(pg);
+}
+
+// The other child: the lease actor dies right after taking the lease in
+// Redis, before it has an epoch. The supervisor stops flushing and restarts
+// it; the new lease actor (a new nonce) cannot renew the dead one's lease,
+// so it takes the lease once that expires. Flushing resumes; totals exact.
+TEST(Flush, LeaseActorCrashIsRestarted) {
+  redis_server redis;
+  postgres_server pg;
+  procs ps("flush");
+  constexpr uint64_t n = 20'000;
+  auto& producer = ps.start("lc-producer", producer_args(redis.url(), "p", 0, n));
+  auto& a = ps.start("lc-a", node_args(redis.url(), pg.url(), "a"),
+                     {"TALLY_FAILPOINT=lease_after_acquire", "TALLY_FAILPOINT_THROW=1"});
+  ASSERT_TRUE(wait_for([&] { return contains(a.log, "lease actor died"); }, 60s)) << slurp(a.log);
+  ASSERT_TRUE(wait_for([&] { return contains(a.log, "restarting the lease actor"); }, 30s)) << slurp(a.log);
+  ASSERT_TRUE(wait_for([&] { return a.stat("lease") == 1 && a.stat("flushes") > 0; }, 60s)) << slurp(a.log);
+  expect_exit_ok(producer, 120s);
+  ASSERT_TRUE(wait_for([&] { return redis_drained(redis, {"a"}); }, 120s)) << slurp(a.log);
   stop_node(a);
   expect_postgres_equals(pg, reference(0, n));
   expect_one_leader_per_epoch(pg);

@@ -309,3 +309,18 @@ TEST(RedisDatabaseUrl, ParseRedisUrlStillRefusesQueriesAndSentinels) {
   ASSERT_FALSE(query.ok());
   EXPECT_NE(query.error().message.find("query strings"), std::string::npos) << query.error().message;
 }
+
+// Found by tests/fuzz/redis_url_fuzz: a host is handed to hiredis as a C
+// string, so a NUL would connect to a shorter name than the one configured;
+// both parsers refuse a host no name or address can be.
+TEST(RedisDatabaseUrl, HostsWithBytesNoHostNameHasAreRefusedByBothParsers) {
+  using namespace std::string_literals;
+  for (const std::string& url : {"redis://cache\0evil:6379"s, "redis://a,b:6379"s, "a b"s, "redis://h\x7f"s,
+                                 "redis://:pw@h\tx/1"s, "redis+sentinel://s1,s\x01/m"s}) {
+    auto ep = parse_redis_url(url);
+    EXPECT_FALSE(ep.ok()) << "parse_redis_url accepted a host in " << url;
+    auto spec = parse_redis_database(url);
+    ASSERT_FALSE(spec.ok()) << "parse_redis_database accepted a host in " << url;
+    EXPECT_NE(spec.error().message.find("host"), std::string::npos) << spec.error().message;
+  }
+}

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <arpa/inet.h>
+#include <cctype>
 #include <cerrno>
 #include <csignal>
 #include <cstdlib>
@@ -742,7 +743,10 @@ bool redis_server::try_start() {
   spawn_spec spec;
   spec.argv = {"redis-server",
                "--port", std::to_string(port_),
-               "--bind", "127.0.0.1",
+               "--bind", opts_.bind,
+               // Reached from other network namespaces when bound beyond
+               // loopback: the tests' own servers need no protection.
+               "--protected-mode", "no",
                "--save", "",  // no RDB snapshots: persistence is the AOF or nothing
                "--daemonize", "no",
                "--dir", dir_,
@@ -949,7 +953,7 @@ bool redis_sentinel_server::wait_for_replicas(int n, milliseconds deadline) cons
 
 // --- postgres_server ---------------------------------------------------------------
 
-postgres_server::postgres_server() {
+postgres_server::postgres_server(postgres_options opts) : opts_(std::move(opts)) {
   if (::geteuid() == 0) {
     // initdb and postgres refuse root. getpwnam is fine here (before fork).
     const passwd* pw = ::getpwnam("postgres");
@@ -978,6 +982,12 @@ postgres_server::postgres_server() {
       kill_tree(initdb_pid);
     if (status == -1 || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
       throw std::runtime_error("initdb failed (" + describe_status(status) + ")" + log_tail(initdb.log_file));
+    if (!opts_.trust_cidr.empty()) {
+      std::ofstream hba(data_dir() + "/pg_hba.conf", std::ios::app);
+      hba << "host all all " << opts_.trust_cidr << " trust\n";
+      if (!hba.flush())
+        throw std::runtime_error("postgres_server: cannot extend pg_hba.conf");
+    }
 
     for (int attempt = 1;; ++attempt) {
       port_ = free_port();
@@ -988,6 +998,17 @@ postgres_server::postgres_server() {
                                  " times" + log_tail(log_file()));
     }
     run_psql("postgres", "CREATE DATABASE tally");
+    if (const char* role = std::getenv("TALLY_TEST_PG_ROLE"); role != nullptr && *role != '\0') {
+      // What a production deployment runs as: an ordinary role that owns
+      // its database, without the superuser's rights (SET deadlock_timeout
+      // among them). The harness itself stays superuser (psql()).
+      role_ = role;
+      for (char c : role_)
+        if (!(std::islower(static_cast<unsigned char>(c)) || std::isdigit(static_cast<unsigned char>(c)) || c == '_'))
+          throw std::runtime_error("TALLY_TEST_PG_ROLE must be a plain lower-case name, got '" + role_ + "'");
+      run_psql("postgres", "CREATE ROLE " + role_ + " LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE");
+      run_psql("postgres", "ALTER DATABASE tally OWNER TO " + role_);
+    }
   } catch (...) {
     if (running())
       kill();
@@ -1002,14 +1023,15 @@ postgres_server::~postgres_server() {
 }
 
 std::string postgres_server::url() const {
-  return "postgresql://postgres@127.0.0.1:" + std::to_string(port_) + "/tally";
+  return "postgresql://" + (role_.empty() ? std::string("postgres") : role_) + "@127.0.0.1:" + std::to_string(port_)
+         + "/tally";
 }
 
 bool postgres_server::try_start() {
   const std::string log = log_file();
   const auto log_offset = file_size_or_zero(log);
   spawn_spec spec;
-  spec.argv = {pg_bin("postgres"), "-D", data_dir(), "-k", dir_, "-h", "127.0.0.1", "-p", std::to_string(port_),
+  spec.argv = {pg_bin("postgres"), "-D", data_dir(), "-k", dir_, "-h", opts_.listen, "-p", std::to_string(port_),
                // Durability against process crashes is all tests need; the
                // page cache survives kill -9.
                "-c", "fsync=off", "-c", "full_page_writes=off",

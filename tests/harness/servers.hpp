@@ -60,6 +60,10 @@ struct redis_options {
   /// > 0: starts as `replicaof 127.0.0.1 <port>` (with masterauth =
   /// requirepass: a replica of a harness server shares its password).
   int replica_of_port = 0;
+  /// Addresses to listen on: loopback unless a test reaches the server from
+  /// another network namespace ("0.0.0.0"); redis_command() always uses
+  /// 127.0.0.1.
+  std::string bind = "127.0.0.1";
 };
 
 /// One redis-server child process. The constructor picks a free port and
@@ -166,18 +170,32 @@ private:
 
 /// One postgres 15 cluster (initdb once, then a postmaster child process)
 /// with a database "tally", trust auth for user postgres on 127.0.0.1.
+/// With TALLY_TEST_PG_ROLE=<name> set, the database is owned by a new
+/// ordinary role of that name (no superuser, no CREATEDB/CREATEROLE) and
+/// url() connects as it, so whatever tally runs against it has only the
+/// rights a production role has; psql() still connects as postgres.
 /// Runs with fsync=off: a kill() loses nothing that the OS page cache holds,
 /// which is what a process crash (not a power cut) looks like.
+struct postgres_options {
+  /// Addresses to listen on ("-h"): loopback unless a test reaches the
+  /// server from another network namespace ("*").
+  std::string listen = "127.0.0.1";
+  /// A CIDR from which connections are trusted besides loopback's.
+  std::string trust_cidr;
+};
+
 class postgres_server {
 public:
-  postgres_server();                 // initdb + start; database "tally"
+  explicit postgres_server(postgres_options opts = {});  // initdb + start; database "tally"
   ~postgres_server();
   postgres_server(const postgres_server&) = delete;
   postgres_server& operator=(const postgres_server&) = delete;
 
   int port() const noexcept { return port_; }
-  /// postgresql://postgres@127.0.0.1:<port>/tally
+  /// postgresql://<postgres or TALLY_TEST_PG_ROLE>@127.0.0.1:<port>/tally
   std::string url() const;
+  /// Whether url() connects as a superuser (no TALLY_TEST_PG_ROLE).
+  bool superuser() const noexcept { return role_.empty(); }
   pid_t pid() const noexcept { return pid_; }
   const std::string& dir() const noexcept { return dir_; }
   std::string data_dir() const { return dir_ + "/data"; }
@@ -200,6 +218,8 @@ private:
   std::string dir_;
   int port_ = 0;
   pid_t pid_ = -1;
+  postgres_options opts_;
+  std::string role_;                 // TALLY_TEST_PG_ROLE; empty: postgres
   bool drop_root_ = false;           // run binaries as run_uid_/run_gid_
   uid_t run_uid_ = 0;
   gid_t run_gid_ = 0;
