@@ -109,10 +109,12 @@ resp_outcome cmd_record(resp_session& s, const resp_args& args, reply_writer& ou
   return resp_outcome::replied;
 }
 
+// TALLY.ACK and TALLY.DB answer a wrong argument count with their usage,
+// not Redis's generic arity error: an operator typing them bare learns more.
 resp_outcome cmd_ack(resp_session& s, const resp_args& args, reply_writer& out) {
-  if (equals_upper(args[1], "DURABLE"))
+  if (args.size() == 2 && equals_upper(args[1], "DURABLE"))
     s.durable = true;
-  else if (equals_upper(args[1], "BUFFERED"))
+  else if (args.size() == 2 && equals_upper(args[1], "BUFFERED"))
     s.durable = false;
   else {
     out.error("ERR syntax: TALLY.ACK durable|buffered");
@@ -668,11 +670,11 @@ const std::vector<resp_command> table = {
   {"DISCARD", 1, true, false, resp_special::discard, nullptr},
   {"WATCH", -2, true, false, resp_special::watch, nullptr},
   {"UNWATCH", 1, true, false, resp_special::none, cmd_unwatch},
-  {"TALLY.ACK", 2, true, false, resp_special::none, cmd_ack},
+  {"TALLY.ACK", -1, true, false, resp_special::none, cmd_ack},
   {"TALLY.GET", -3, true, false, resp_special::none, cmd_get},
   {"TALLY.MGET", -3, true, false, resp_special::none, cmd_mget},
   {"TALLY.STATUS", 1, true, false, resp_special::none, cmd_status},
-  {"TALLY.DB", -2, true, false, resp_special::none, cmd_db},
+  {"TALLY.DB", -1, true, false, resp_special::none, cmd_db},
   {"TALLY.INSTANCES", 1, true, false, resp_special::none, cmd_instances},
   {"TALLY.LEADER", 1, true, false, resp_special::none, cmd_leader},
   {"ECHO", 2, true, false, resp_special::none, cmd_echo},
