@@ -15,7 +15,7 @@
 //    value clearly below max_event_spend, parse_spend must succeed (it may
 //    not refuse numbers the C library reads fine, nor accept a wider set
 //    with a different meaning).
-#include "tally/event.hpp"
+#include "core/event.hpp"
 #include "tests/fuzz/fuzz_check.hpp"
 
 #include <cerrno>
