@@ -669,63 +669,29 @@ tables_text redis_tables_to_list(const toml::node& node, const std::string& wher
   return out;
 }
 
-/// The 1-based line of the first non-ASCII byte outside TOML comments and
-/// quoted strings (basic, literal and their multi-line forms), or 0.
-size_t non_ascii_outside_strings(const std::string& t) {
-  enum { plain, comment, basic, literal, ml_basic, ml_literal } state = plain;
+/// The 1-based line of the first non-ASCII byte outside a comment line (a
+/// line whose first non-blank character is '#'), or 0. Deliberately not a
+/// TOML lexer: a scanner that tracked strings could disagree with toml++
+/// about where one ends (a quote inside a bare value, four closing quotes),
+/// and the fuzzer found exactly such inputs reaching toml++'s undefined
+/// behaviour.
+size_t non_ascii_outside_comment_lines(const std::string& t) {
   size_t line = 1;
-  auto at = [&](size_t i, const char* s) { return t.compare(i, std::strlen(s), s) == 0; };
-  for (size_t i = 0; i < t.size(); ++i) {
-    char c = t[i];
-    if (c == '\n')
+  bool comment = false, line_start = true;
+  for (char c : t) {
+    if (c == '\n') {
       ++line;
-    switch (state) {
-      case plain:
-        if (c == '#') {
-          state = comment;
-        } else if (at(i, "\"\"\"")) {
-          state = ml_basic;
-          i += 2;
-        } else if (at(i, "'''")) {
-          state = ml_literal;
-          i += 2;
-        } else if (c == '"') {
-          state = basic;
-        } else if (c == '\'') {
-          state = literal;
-        } else if (static_cast<unsigned char>(c) >= 0x80) {
-          return line;
-        }
-        break;
-      case comment:
-        if (c == '\n')
-          state = plain;
-        break;
-      case basic:
-        if (c == '\\' && i + 1 < t.size() && t[i + 1] != '\n')
-          ++i;
-        else if (c == '"' || c == '\n')
-          state = plain;
-        break;
-      case literal:
-        if (c == '\'' || c == '\n')
-          state = plain;
-        break;
-      case ml_basic:
-        if (c == '\\' && i + 1 < t.size() && t[i + 1] != '\n') {
-          ++i;
-        } else if (at(i, "\"\"\"")) {
-          state = plain;
-          i += 2;
-        }
-        break;
-      case ml_literal:
-        if (at(i, "'''")) {
-          state = plain;
-          i += 2;
-        }
-        break;
+      comment = false;
+      line_start = true;
+      continue;
     }
+    if (line_start && (c == ' ' || c == '\t'))
+      continue;
+    if (line_start)
+      comment = c == '#';
+    line_start = false;
+    if (!comment && static_cast<unsigned char>(c) >= 0x80)
+      return line;
   }
   return 0;
 }
@@ -736,15 +702,15 @@ std::string apply_config_file(daemon_options& o, const std::string& path, bool o
   // toml++ 3.3 (Debian 12) reaches __builtin_unreachable(), undefined
   // behaviour, on some non-ASCII characters in keys and bare values (U+00A1
   // to U+0499, 'é' among them). Every option's name and value is ASCII, so
-  // non-ASCII text outside comments and quoted strings is refused before
-  // toml++ reads the file; comments and strings (where toml++ only checks
-  // the UTF-8) may hold any text, as the packaged config's comments do.
+  // non-ASCII text is refused before toml++ reads the file, except on
+  // comment lines (toml++ skips them to the newline), where the packaged
+  // config's help text has it.
   {
     std::ifstream in(path, std::ios::binary);
     std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    if (size_t line = non_ascii_outside_strings(text); line != 0)
+    if (size_t line = non_ascii_outside_comment_lines(text); line != 0)
       return "config " + path + ":" + std::to_string(line)
-             + ": non-ASCII text in a key or bare value; write such characters as \\uXXXX escapes inside a string";
+             + ": non-ASCII text outside a comment line; write such characters as \\uXXXX escapes inside a string";
   }
 
   toml::table doc;
