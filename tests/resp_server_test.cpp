@@ -265,6 +265,21 @@ bool starts_with(const std::string& s, const std::string& prefix) {
   return s.compare(0, prefix.size(), prefix) == 0;
 }
 
+/// A runtime that pushes back soon once Redis is down: one shard with small
+/// queues and key limits (the generated events have more distinct keys),
+/// one pending batch and a 1 MiB spill journal.
+config backpressure_config() {
+  config cfg;
+  cfg.shards = 1;
+  cfg.queue_capacity = 1024;
+  cfg.max_keys_per_shard = 1024;
+  cfg.max_pending_batches = 1;
+  cfg.journal_max_bytes = 1 << 20;
+  cfg.buffer_interval = std::chrono::milliseconds(20);
+  cfg.retry_backoff_max = std::chrono::milliseconds(100);
+  return cfg;
+}
+
 std::string slurp(const std::string& path) {
   std::ifstream in(path);
   std::stringstream ss;
@@ -622,15 +637,7 @@ TEST(RespServer, BufferedBytesLimit) {
 // reading, the client's writes block); nothing is refused; once Redis is
 // back the journal is replayed and every event is counted exactly.
 TEST(RespServer, BackpressureStopsReadingAndLosesNothing) {
-  config cfg;
-  cfg.shards = 1;
-  cfg.queue_capacity = 1024;
-  cfg.max_keys_per_shard = 1024;  // the generated events have more distinct keys
-  cfg.max_pending_batches = 1;
-  cfg.journal_max_bytes = 1 << 20;
-  cfg.buffer_interval = std::chrono::milliseconds(20);
-  cfg.retry_backoff_max = std::chrono::milliseconds(100);
-  server_fixture fx({}, cfg);
+  server_fixture fx({}, backpressure_config());
   fx.redis().stop();
   const uint64_t n = 60000;
   auto pauses_before = snapshot_resp_metrics().backpressure_pauses;
@@ -839,15 +846,7 @@ TEST(RespServer, Resp3AfterHelloForEveryCommand) {
 // while ingest pushes back (Redis down, small queues): every reply arrives,
 // in request order, and stage 1 holds exactly the accepted events.
 TEST(RespServer, DurableAndBufferedRepliesInOrderUnderBackpressure) {
-  config cfg;
-  cfg.shards = 1;
-  cfg.queue_capacity = 1024;
-  cfg.max_keys_per_shard = 1024;
-  cfg.max_pending_batches = 1;
-  cfg.journal_max_bytes = 1 << 20;
-  cfg.buffer_interval = std::chrono::milliseconds(20);
-  cfg.retry_backoff_max = std::chrono::milliseconds(100);
-  server_fixture fx({}, cfg);
+  server_fixture fx({}, backpressure_config());
   fx.redis().stop();
   const uint64_t n = 40000;
   std::string req;
@@ -922,15 +921,7 @@ TEST(RespServer, DurableRunEndingInInternFullDoesNotHang) {
 // connection stops reading, answers every reply it owes once Redis takes the
 // events, then closes. Every +OK is an event counted, and nothing else is.
 TEST(RespServer, ListenerStopAnswersWaitingDurableReplies) {
-  config cfg;
-  cfg.shards = 1;
-  cfg.queue_capacity = 1024;
-  cfg.max_keys_per_shard = 1024;
-  cfg.max_pending_batches = 1;
-  cfg.journal_max_bytes = 1 << 20;
-  cfg.buffer_interval = std::chrono::milliseconds(20);
-  cfg.retry_backoff_max = std::chrono::milliseconds(100);
-  server_fixture fx({}, cfg);
+  server_fixture fx({}, backpressure_config());
   fx.redis().stop();
   const uint64_t n = 60000;
   std::string req = encode({"TALLY.ACK", "durable"});
