@@ -245,7 +245,10 @@ TEST_F(Tallyd, MetricsPassPromtoolAndCount) {
   std::string text;
   ASSERT_TRUE(wait_for([&] {
     text = http_get(d.http_port, "/metrics").body;
-    return metric(text, "tally_flushes_total") >= 1 && metric(text, "tally_lease_held") == 1;
+    // pending_batches is 1 for the moment between forming a batch and
+    // writing it: the snapshot to check is one taken between cycles.
+    return metric(text, "tally_flushes_total") >= 1 && metric(text, "tally_lease_held") == 1
+           && metric(text, "tally_pending_batches") == 0;
   }, 30s)) << text << slurp(d.log);
 
   auto file = temp_path("metrics.txt");
