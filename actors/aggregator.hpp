@@ -7,9 +7,8 @@
 //   recycle_atom, agg_map_ptr      a cleared map back from the writer
 // Sends: wake_atom to itself while its queue still holds events.
 //
-// Invariant: every event dequeued is in exactly one map that reaches the
-// writer. Draining pauses (and producers see backpressure once the queue is
-// full) while the map holds max_keys_per_shard keys; the next swap resumes it.
+// The work is shard_aggregator's (shard_aggregator.hpp, with the invariant);
+// this actor only turns messages into its calls.
 #pragma once
 
 #include "actors/ingest.hpp"
