@@ -144,8 +144,11 @@ int main(int argc, char** argv) {
       std::printf("      flushes %lld: %.1f batches, %.0f rows, %.1f ms each on average; %lld rows upserted; "
                   "%lld duplicate batches\n",
                   r.flushes, per_flush_batches, per_flush_rows, flush_ms, r.rows_upserted, r.duplicate_batches);
-      std::printf("      redis: %.0f commands/s over %.1f s: %s\n", total_calls(r) / r.redis_seconds,
-                  r.redis_seconds, top_calls(r).c_str());
+      std::printf("      redis: %.0f commands/s over %.1f s, %.1f%% of a core: %s\n", total_calls(r) / r.redis_seconds,
+                  r.redis_seconds, 100 * r.redis_cpu_seconds / r.redis_seconds, top_calls(r).c_str());
+      if (!drain)
+        std::printf("      tallyd processes: %.2f cores in all, %.1f%% of a core each\n",
+                    r.fleet_cpu_seconds / r.redis_seconds, 100 * r.fleet_cpu_seconds / r.redis_seconds / n);
       std::fflush(stdout);
     }
   }

@@ -7,6 +7,9 @@
 #include "tests/support/tallyd_process.hpp"
 
 #include <csignal>
+#include <fstream>
+#include <iterator>
+#include <unistd.h>
 #include <filesystem>
 #include <memory>
 #include <regex>
@@ -144,6 +147,29 @@ long long stopped_batches(const std::string& log) {
   return std::regex_search(log, m, line) ? std::stoll(m[1]) : -1;
 }
 
+/// CPU seconds (user + system) `pid` has used so far; 0 when it is gone.
+double cpu_seconds(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  auto close = text.rfind(')');  // the command name may hold spaces
+  if (close == std::string::npos)
+    return 0;
+  std::istringstream fields(text.substr(close + 2));
+  std::string f;
+  double ticks = 0;
+  for (int i = 3; fields >> f && i <= 15; ++i)
+    if (i == 14 || i == 15)  // utime, stime
+      ticks += std::stod(f);
+  return ticks / static_cast<double>(::sysconf(_SC_CLK_TCK));
+}
+
+double fleet_cpu_seconds(const std::vector<std::unique_ptr<tallyd_process>>& fleet) {
+  double sum = 0;
+  for (auto& d : fleet)
+    sum += d->pid > 0 ? cpu_seconds(d->pid) : 0;
+  return sum;
+}
+
 /// SIGTERM to every instance at once (each drains on its own), then the exit codes.
 std::vector<int> stop_all(std::vector<std::unique_ptr<tallyd_process>>& fleet) {
   for (auto& d : fleet)
@@ -201,6 +227,7 @@ fleet_scale_result run_fleet_scale(const redis_server& redis, const postgres_ser
     clients.push_back(connect_to(d->resp_port));
 
   redis_command(redis.port(), {"CONFIG", "RESETSTAT"});
+  double fleet_cpu0 = fleet_cpu_seconds(fleet), redis_cpu0 = cpu_seconds(redis.pid());
   auto t0 = clock_type::now();
   const uint64_t blocks = (opts.events + block_events - 1) / block_events;
   for (uint64_t b = 0; b < blocks; ++b) {
@@ -241,6 +268,9 @@ fleet_scale_result run_fleet_scale(const redis_server& redis, const postgres_ser
   out.visible_seconds = seconds_since(t0);
   out.redis_seconds = out.visible_seconds;
   out.redis_calls = command_calls(redis.port());
+  out.redis_cpu_seconds = cpu_seconds(redis.pid()) - redis_cpu0;
+  if (!opts.drain)  // drain: the producers are gone by now
+    out.fleet_cpu_seconds = fleet_cpu_seconds(fleet) - fleet_cpu0;
 
   if (opts.drain) {
     add_metrics(out, metrics_of(*flusher));

@@ -62,6 +62,8 @@ struct fleet_scale_result {
   std::vector<long long> accepted_per_instance;
   std::map<std::string, long long> redis_calls;  // INFO commandstats over the run
   double redis_seconds = 0;           // the window those calls were counted over
+  double redis_cpu_seconds = 0;       // redis-server's CPU time in that window
+  double fleet_cpu_seconds = 0;       // the instances' CPU time in it (steady mode only)
   // drain mode only: what stage 1 held before the flusher started
   size_t stage1_batches = 0;
   size_t stage1_rows = 0;             // rows summed over batches, before any merge
