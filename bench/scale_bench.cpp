@@ -4,14 +4,15 @@
 // reference rollups (tests/support/fleet_scale.hpp), and what the flushes
 // and Redis did meanwhile.
 //
-//   scale_bench [--instances 1,8,32] [--events 40000] [--rate 2000] [--mode steady|drain|both]
+//   scale_bench [--instances 1,8,32] [--events 40000] [--rate 2000] [--block 20] [--mode steady|drain|both]
 //               [--seed 1] [-- TALLYD_FLAGS...]   (e.g. -- --flush-interval 100ms; default: tallyd's defaults)
 //
 // steady: every instance can flush; the events arrive at --rate over all
-//   instances, blocks of 100 round-robin; one lease holder flushes as they
+//   instances, pipelines of --block events round-robin (small enough that
+//   every instance gets events in every buffer interval); one lease holder flushes as they
 //   come. Shows flushes, batches and rows per flush, flush time, Redis calls.
-// drain: the instances only write stage 1 and stop; one more instance then
-//   applies everything. Shows one apply of N producers' batches: stage-1 rows
+// drain: the instances only write stage 1 (events sent as in steady) and
+//   stop; one more instance then applies everything. Shows one apply of N producers' batches: stage-1 rows
 //   (what grows with instances) against rows upserted (distinct keys).
 //
 // Exit status 1 when any run's totals differ from the reference.
@@ -69,6 +70,7 @@ int main(int argc, char** argv) {
   fleet_scale_options base;
   base.events = 40000;
   base.rate = 2000;
+  base.block = 20;
   std::string mode = "both";
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -84,6 +86,7 @@ int main(int argc, char** argv) {
     else if (a == "--rate") base.rate = std::stod(next());
     else if (a == "--mode") mode = next();
     else if (a == "--seed") base.seed = std::stoull(next());
+    else if (a == "--block") base.block = std::stoull(next());
     else if (a == "--") {
       base.tallyd_args.assign(argv + i + 1, argv + argc);
       break;
@@ -100,11 +103,12 @@ int main(int argc, char** argv) {
   for (bool drain : {false, true}) {
     if ((drain && mode == "steady") || (!drain && mode == "drain"))
       continue;
-    std::printf("\n%s: %llu events%s\n", drain ? "drain (N producers, then one flusher applies all)"
-                                                : "steady (N instances, one lease holder flushes as events arrive)",
+    std::printf("\n%s: %llu events, %s events/s in total, pipelines of %llu\n",
+                drain ? "drain (N producers stop, then one flusher applies all their batches)"
+                      : "steady (N instances, one lease holder flushes as events arrive)",
                 static_cast<unsigned long long>(base.events),
-                drain ? ", sent as fast as the instances take them"
-                      : (", " + std::to_string(static_cast<long long>(base.rate)) + " events/s in total").c_str());
+                base.rate > 0 ? std::to_string(static_cast<long long>(base.rate)).c_str() : "as many",
+                static_cast<unsigned long long>(base.block));
     for (int n : sizes) {
       auto o = base;
       o.instances = n;
@@ -144,8 +148,10 @@ int main(int argc, char** argv) {
       std::printf("      flushes %lld: %.1f batches, %.0f rows, %.1f ms each on average; %lld rows upserted; "
                   "%lld duplicate batches\n",
                   r.flushes, per_flush_batches, per_flush_rows, flush_ms, r.rows_upserted, r.duplicate_batches);
-      std::printf("      redis: %.0f commands/s over %.1f s, %.1f%% of a core: %s\n", total_calls(r) / r.redis_seconds,
-                  r.redis_seconds, 100 * r.redis_cpu_seconds / r.redis_seconds, top_calls(r).c_str());
+      std::printf("      redis: %.0f commands/s over %.1f s, %.1f%% of a core, in %.2f MB/s, out %.2f MB/s: %s\n",
+                  total_calls(r) / r.redis_seconds, r.redis_seconds, 100 * r.redis_cpu_seconds / r.redis_seconds,
+                  r.redis_bytes_in / r.redis_seconds / 1e6, r.redis_bytes_out / r.redis_seconds / 1e6,
+                  top_calls(r).c_str());
       if (!drain)
         std::printf("      tallyd processes: %.2f cores in all, %.1f%% of a core each\n",
                     r.fleet_cpu_seconds / r.redis_seconds, 100 * r.fleet_cpu_seconds / r.redis_seconds / n);

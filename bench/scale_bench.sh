@@ -7,7 +7,7 @@
 # command; bench/README.md holds the figures and the cost model.
 #
 #   bench/scale_bench.sh [BUILD_DIR]                       (default: build)
-#   INSTANCES=1,8,32 EVENTS=40000 RATE=2000 MODE=both bench/scale_bench.sh build
+#   INSTANCES=1,8,32 EVENTS=40000 RATE=2000 BLOCK=20 MODE=both bench/scale_bench.sh build
 #   TALLYD_FLAGS="--flush-interval 100ms" bench/scale_bench.sh build     (default: tallyd's defaults)
 #
 # Exit status 1 when a size's totals differ from the reference.
@@ -20,7 +20,7 @@ bin="$build/bench/scale_bench"
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "date:    $(date -u +%Y-%m-%dT%H:%MZ)"
 # shellcheck disable=SC2206  # TALLYD_FLAGS is a list of flags
-cmd=("$bin" --instances "${INSTANCES:-1,8,32}" --events "${EVENTS:-40000}" --rate "${RATE:-2000}"
+cmd=("$bin" --instances "${INSTANCES:-1,8,32}" --events "${EVENTS:-40000}" --rate "${RATE:-2000}" --block "${BLOCK:-20}"
      --mode "${MODE:-both}" -- ${TALLYD_FLAGS:-})
 echo "run:     ${cmd[*]}"
 "${cmd[@]}"

@@ -6,6 +6,7 @@
 #include "tests/support/postgres_rows.hpp"
 #include "tests/support/tallyd_process.hpp"
 
+#include <algorithm>
 #include <csignal>
 #include <fstream>
 #include <iterator>
@@ -23,8 +24,6 @@ namespace {
 
 using namespace std::chrono;
 using clock_type = steady_clock;
-
-constexpr uint64_t block_events = 100;
 
 double seconds_since(clock_type::time_point t0) {
   return duration<double>(clock_type::now() - t0).count();
@@ -75,6 +74,16 @@ std::map<std::string, long long> command_calls(int redis_port) {
     out[line.substr(prefix.size(), colon - prefix.size())] = std::stoll(line.substr(calls + 6));
   }
   return out;
+}
+
+/// One integer field of INFO stats ("total_net_output_bytes"), 0 when absent.
+long long info_stat(int redis_port, const std::string& field) {
+  std::istringstream in(redis_command(redis_port, {"INFO", "stats"}).value);
+  std::string line;
+  while (std::getline(in, line))
+    if (line.compare(0, field.size() + 1, field + ":") == 0)
+      return std::stoll(line.substr(field.size() + 1));
+  return 0;
 }
 
 adapters::redis_client connect_to(int port) {
@@ -229,6 +238,7 @@ fleet_scale_result run_fleet_scale(const redis_server& redis, const postgres_ser
   redis_command(redis.port(), {"CONFIG", "RESETSTAT"});
   double fleet_cpu0 = fleet_cpu_seconds(fleet), redis_cpu0 = cpu_seconds(redis.pid());
   auto t0 = clock_type::now();
+  const uint64_t block_events = std::max<uint64_t>(1, opts.block);
   const uint64_t blocks = (opts.events + block_events - 1) / block_events;
   for (uint64_t b = 0; b < blocks; ++b) {
     if (opts.rate > 0)
@@ -269,6 +279,9 @@ fleet_scale_result run_fleet_scale(const redis_server& redis, const postgres_ser
   out.redis_seconds = out.visible_seconds;
   out.redis_calls = command_calls(redis.port());
   out.redis_cpu_seconds = cpu_seconds(redis.pid()) - redis_cpu0;
+  // CONFIG RESETSTAT zeroed these at t0.
+  out.redis_bytes_in = info_stat(redis.port(), "total_net_input_bytes");
+  out.redis_bytes_out = info_stat(redis.port(), "total_net_output_bytes");
   if (!opts.drain)  // drain: the producers are gone by now
     out.fleet_cpu_seconds = fleet_cpu_seconds(fleet) - fleet_cpu0;
 

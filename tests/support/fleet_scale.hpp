@@ -2,8 +2,8 @@
 // Postgres: exact totals, and what stage 2 costs against the instance count.
 //
 // One run starts `instances` real tallyd processes in one namespace and
-// schema, spreads a generated workload over them in blocks of 100 events
-// (block b to instance b mod N) through their RESP ports, waits for Postgres
+// schema, spreads a generated workload over them in blocks (default 100
+// events; block b to instance b mod N) through their RESP ports, waits for Postgres
 // to hold exactly the workload's reference rollups, and reads every
 // instance's /metrics and Redis' INFO commandstats. Shared by
 // tallyd_scale_test (exactness at 1 and 8 instances) and scale_bench (1, 8
@@ -36,6 +36,7 @@ struct fleet_scale_options {
   uint64_t seed = 1;
   uint64_t events = 20000;
   double rate = 0;                    // events/s over all instances; 0 = as fast as sent
+  uint64_t block = 100;               // events per pipeline; block b goes to instance b mod N
   bool drain = false;                 // see the file comment
   std::vector<std::string> tallyd_args;  // more flags for every instance (intervals)
   std::chrono::milliseconds deadline{std::chrono::seconds(180)};
@@ -63,6 +64,8 @@ struct fleet_scale_result {
   std::map<std::string, long long> redis_calls;  // INFO commandstats over the run
   double redis_seconds = 0;           // the window those calls were counted over
   double redis_cpu_seconds = 0;       // redis-server's CPU time in that window
+  long long redis_bytes_in = 0;       // network bytes redis-server read in it
+  long long redis_bytes_out = 0;      // and wrote (replies, pub/sub fan-out)
   double fleet_cpu_seconds = 0;       // the instances' CPU time in it (steady mode only)
   // drain mode only: what stage 1 held before the flusher started
   size_t stage1_batches = 0;
