@@ -43,7 +43,7 @@ eval "$(scripts/servers env "$work/servers")"
 tallyd_cmd=("$tallyd" --ns e2ebench --redis-urls "$REDIS_URL" --postgres-url "$POSTGRES_URL"
             --resp-port 0 --http-port 0 --state-dir "$work/state")
 "${tallyd_cmd[@]}" >"$work/tallyd.log" 2>&1 &
-pids+=($!)
+pids+=("$!")
 for _ in $(seq 300); do
   grep -q 'tallyd ready' "$work/tallyd.log" && break
   sleep 0.1
@@ -74,7 +74,7 @@ for keys in $loads; do
     echo "load:    ${load_cmd[*]}"
     "${load_cmd[@]}" >/dev/null 2>&1 &
     load_pid=$!
-    pids+=($load_pid)
+    pids+=("$load_pid")
     sleep 3  # past the first intervals of the load: stage 2 at its steady pace
   else
     echo
@@ -87,7 +87,7 @@ for keys in $loads; do
   result=$(/usr/bin/python3 bench/e2e_probe.py "$port" "$POSTGRES_URL" public "$duration" "$gap_ms" 2>&1) || true
   t1=$(date +%s.%N)
   scrape "$work/m1"
-  [[ -n $load_pid ]] && kill "$load_pid" 2>/dev/null || true
+  if [[ -n $load_pid ]]; then kill "$load_pid" 2>/dev/null || true; fi
   d() { echo "$(metric "$1" "$work/m1") - $(metric "$1" "$work/m0")" | bc -l; }
   secs=$(echo "$t1 - $t0" | bc -l)
   events=$(d tally_events_accepted_total)
