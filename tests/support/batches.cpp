@@ -39,6 +39,7 @@ stage1_contents read_stage1(const std::string& redis_url, const std::string& ns)
       continue;
     }
     ++out.batches;
+    out.rows_in_batches += b->row_count();
     if (!out.ids.insert(b->id).second)
       out.duplicate_ids.push_back(b->id);
     add_batch_rows(out.rows, *b);

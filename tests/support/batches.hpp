@@ -12,6 +12,7 @@ namespace tally::testing {
 struct stage1_contents {
   rollup_rows rows;                 // every batch decoded and summed
   size_t batches = 0;
+  size_t rows_in_batches = 0;       // rows counted batch by batch, before summing
   std::set<std::string> ids;        // distinct batch ids
   std::vector<std::string> duplicate_ids;
   std::vector<std::string> errors;  // batches that failed to decode
