@@ -166,6 +166,11 @@ TEST(IngestThreads, RecordSwapAndDurableTicketsExactAcrossThreads) {
 
   // The writer: tickets first, then the swap, then the tickets' answers.
   std::thread writer([&] {
+    // The first swap waits for backpressure: until then the shards fill to
+    // their key limit and pause, so the pause, the full queue and the
+    // producers' retries are certain to happen, whatever the scheduling.
+    while (backpressured.load() == 0 && producers_left.load() > 0)
+      std::this_thread::yield();
     for (;;) {
       bool last = producers_left.load() == 0;
       std::vector<durable_ticket> seen;
