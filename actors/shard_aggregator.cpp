@@ -108,7 +108,9 @@ void shard_aggregator::recycle(agg_map_ptr map) {
   // A merged map (merge_overflow) is not kept: its bound is not ours.
   if (map->max_size() != hard_limit_)
     return;
-  map->clear();
+  // Sized to the interval it held: after a spike of distinct keys the memory
+  // goes back once each map has held a normal interval again.
+  map->clear_and_trim(map->size());
   if (!spare_)
     spare_ = std::move(map);
 }
