@@ -20,6 +20,18 @@
 // Before quit() the connection lifts the token limit (trigger(hdl)): quitting
 // inside new_data_msg after the last token was used crashes CAF 0.17.
 //
+// A token granted too soon after a pause is lost. When the last token is
+// used, CAF 0.17 queues the removal of the socket's read interest and
+// applies it only at the end of the multiplexer round; until then
+// stream::activate() sees its reader still set and does nothing, and the
+// removal then lands on top of the new token. The same round often carries
+// the socket's write event (data_transferred_msg) or a timer or fence reply
+// through the multiplexer's pipe, and each of those resumes reading: the
+// connection stalled for ever with input waiting. So after a pause the
+// connection is "parked": it grants no token until a message posted to the
+// multiplexer's own queue (run at the start of the next round, after the
+// removal) says the pause has landed.
+//
 // Reply order: a queue of slots. While nothing waits, replies go straight
 // into CAF's write buffer and the queue is empty (the steady state). A
 // durable +OK (TALLY.ACK durable) cannot be sent before its event is in
@@ -104,9 +116,12 @@ struct conn_state {
   bool paused_ingest = false;  // record() pushed back; retry timer armed
   bool paused_output = false;  // too many unsent reply bytes
   bool has_token = false;      // CAF holds one read token for us
+  bool parked = false;         // reading paused; CAF has not yet applied it (see top)
+  uint64_t park_generation = 0;
   bool counted = false;        // counted in ctx->connections and global gauge
   bool closed = false;
   uint64_t unsent = 0;         // bytes CAF has not written yet (data_transferred_msg)
+  size_t out_base = 0;         // bytes already in CAF's buffer when this message began
   uint32_t read_size = 0;      // the read size CAF is configured with now
   uint64_t retry_generation = 0;
   uint64_t next_ticket = 1;    // the fence the current durable replies wait for
@@ -207,6 +222,27 @@ public:
     }
   }
 
+  /// CAF used the last token and will stop reading at the end of this
+  /// multiplexer round. A function posted to the multiplexer runs at the
+  /// start of the next round; the message it sends arrives after the stop.
+  void on_passivated() {
+    st_.has_token = false;
+    st_.parked = true;
+    uint64_t generation = ++st_.park_generation;
+    caf::weak_actor_ptr weak = self_->ctrl();
+    self_->backend().post([weak, generation] {
+      if (auto a = caf::actor_cast<caf::actor>(weak))
+        caf::anon_send(a, resp_unpark_atom::value, generation);
+    });
+  }
+
+  void on_unpark(uint64_t generation) {
+    if (generation != st_.park_generation || st_.closed)
+      return;
+    st_.parked = false;
+    grant_read();
+  }
+
   void on_idle_check() {
     if (st_.closed)
       return;
@@ -258,6 +294,9 @@ private:
   void begin_message() {
     st_.session.now_ms = duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
     st_.out = &self_->wr_buf(st_.hdl);
+    // While CAF is writing, its buffer keeps bytes an earlier message added
+    // (and counted): count only what this message adds.
+    st_.out_base = st_.out->size();
     st_.commands = 0;
   }
 
@@ -277,7 +316,7 @@ private:
       ask_fence();
     release_ready();
     if (st_.out != nullptr && !st_.out->empty()) {
-      st_.unsent += st_.out->size();
+      st_.unsent += st_.out->size() - st_.out_base;
       self_->flush(st_.hdl);
     }
     st_.out = nullptr;
@@ -298,7 +337,7 @@ private:
   }
 
   void grant_read() {
-    if (!st_.has_token && wants_read()) {
+    if (!st_.has_token && !st_.parked && wants_read()) {
       self_->trigger(st_.hdl, 1);
       st_.has_token = true;
     }
@@ -728,11 +767,12 @@ caf::behavior resp_connection_impl(conn_broker* self, caf::io::connection_handle
   return {
     [=](const caf::io::new_data_msg& msg) { connection(self).on_data(msg); },
     [=](const caf::io::data_transferred_msg& msg) { connection(self).on_transferred(msg); },
-    [=](const caf::io::connection_passivated_msg&) { self->state.has_token = false; },
+    [=](const caf::io::connection_passivated_msg&) { connection(self).on_passivated(); },
     [=](const caf::io::connection_closed_msg&) { connection(self).on_peer_closed(); },
     [=](resp_retry_atom, uint64_t generation) { connection(self).on_retry(generation); },
     [=](resp_durable_atom, uint64_t ticket, uint8_t code) { connection(self).on_durable(ticket, code); },
     [=](resp_idle_atom) { connection(self).on_idle_check(); },
+    [=](resp_unpark_atom, uint64_t generation) { connection(self).on_unpark(generation); },
     [=](resp_stop_atom) { connection(self).on_stop_deadline(); },
   };
 }

@@ -7,6 +7,8 @@
 //   (resp_durable_atom, uint64_t ticket, uint8_t errc)  a durable ticket is in
 //                                           Redis (errc ok) or failed
 //   (resp_idle_atom)                        idle-timeout check
+//   (resp_unpark_atom, uint64_t generation) CAF has applied a passivation: a
+//                                           read token works again
 // It sends nothing to other actors; durable fences travel through
 // resp_backend::durable_fence and come back as resp_durable_atom.
 //
@@ -28,6 +30,7 @@ namespace tally {
 using resp_retry_atom = caf::atom_constant<caf::atom("respretry")>;
 using resp_durable_atom = caf::atom_constant<caf::atom("respdur")>;
 using resp_idle_atom = caf::atom_constant<caf::atom("respidle")>;
+using resp_unpark_atom = caf::atom_constant<caf::atom("respunpark")>;
 
 /// What a listener shares with its connections (read-only but the counters).
 struct resp_context {

@@ -149,6 +149,20 @@ public:
     return in_;
   }
 
+  /// Reads whatever has arrived, without waiting.
+  void drain() {
+    char buf[65536];
+    for (;;) {
+      ssize_t n = ::recv(fd_, buf, sizeof buf, MSG_DONTWAIT);
+      if (n <= 0) {
+        if (n == 0)
+          closed_ = true;
+        return;
+      }
+      in_.append(buf, static_cast<size_t>(n));
+    }
+  }
+
   /// Reads until `n` bytes arrived (or close/deadline).
   const std::string& read_bytes(size_t n, std::chrono::milliseconds deadline = 5000ms) {
     return read_until([n](const std::string& s) { return s.size() >= n; }, deadline);
@@ -628,6 +642,45 @@ TEST(RespServer, BufferedBytesLimit) {
   c.send(req);
   EXPECT_EQ(c.line(), "-ERR Protocol error: request larger than the connection buffer limit of 65536 bytes");
   EXPECT_TRUE(c.wait_closed());
+}
+
+// A client that reads its replies in bursts makes the connection stop
+// reading (more than max_buffered_bytes unsent) and start again, hundreds
+// of times. Every pause must end, and each reply arrives, in order. (The
+// lost-token trap of CAF 0.17 described in resp_connection.cpp is timing
+// dependent; this test runs the resume paths often, tallyd_flood_test runs
+// the case that stalled.)
+TEST(RespServer, ReadingResumesAfterEveryOutputPause) {
+  resp_options opts;
+  opts.max_buffered_bytes = 4096;
+  opts.max_bulk_bytes = 1024;
+  server_fixture fx(opts);
+  const int n = 100000;
+  const std::string payload(200, 'x');
+  std::string all;
+  for (int i = 0; i < n; ++i)
+    all += encode({"ECHO", std::to_string(i) + payload});
+  std::string expected;
+  for (int i = 0; i < n; ++i) {
+    std::string body = std::to_string(i) + payload;
+    expected += "$" + std::to_string(body.size()) + "\r\n" + body + "\r\n";
+  }
+  auto pauses_before = snapshot_resp_metrics().output_pauses;
+  raw_client c(fx.port());
+  std::thread writer([&] { c.send(all); });
+  // Sleep, then drain everything at once: while the client sleeps the
+  // socket fills and the server's write waits; when it drains, the server
+  // can read a burst of requests (replies past the limit: pause) and write
+  // it all (resume) in one multiplexer round.
+  auto until = std::chrono::steady_clock::now() + 60s;
+  while (c.input().size() < expected.size() && !c.closed() && std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(1ms);
+    c.drain();
+  }
+  writer.join();
+  EXPECT_GT(snapshot_resp_metrics().output_pauses, pauses_before) << "the test never paused output";
+  ASSERT_EQ(c.input().size(), expected.size()) << "replies stopped: the connection stalled";
+  EXPECT_TRUE(c.input() == expected) << "replies out of order or damaged";
 }
 
 // -- backpressure and durability ----------------------------------------------
