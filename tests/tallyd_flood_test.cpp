@@ -1,0 +1,125 @@
+// tests/tallyd_flood_test.cpp — a flood of distinct keys against one tallyd
+// with small ingest limits: it ends in refusals, its memory stays under the
+// bound README's "Memory" section gives for those limits, and every event
+// it accepted is in Postgres exactly once.
+//
+// The limits are small so that the flood reaches them in seconds: 2 shards,
+// max_keys_per_shard 16,384, queue_capacity 4,096, intern_capacity 65,536.
+// Three rounds of 50,000 events, each with a new API key, go through
+// `redis-cli --pipe`: the first fits; the id table fills during the second,
+// after which every event with a new key is refused with intern_full.
+// Memory is read from /proc: VmHWM (the peak RSS of the whole run) against
+// the bound, and VmRSS after the second round (the id table is full) and
+// the last, which must not keep growing with the flood. Every command must
+// get its reply: a connection whose reads paused and never resumed showed
+// up here as redis-cli's "No replies for 30 seconds".
+//
+// Not under the sanitizer builds: their shadow memory makes RSS meaningless.
+#include "tests/harness/servers.hpp"
+#include "tests/support/shared_servers.hpp"
+#include "tests/support/tallyd_process.hpp"
+
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <regex>
+#include <string>
+#include <vector>
+
+using namespace tally::testing;
+using namespace std::chrono_literals;
+
+namespace {
+
+/// A field of /proc/<pid>/status in bytes ("VmRSS", "VmHWM"); -1 if absent.
+long long status_bytes(pid_t pid, const std::string& field) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind(field + ":", 0) == 0)
+      return std::stoll(line.substr(field.size() + 1)) * 1024;
+  return -1;
+}
+
+/// Sends `commands` pipelined through redis-cli; returns (replies, errors).
+std::pair<long long, long long> pipe(int port, const std::string& file_text) {
+  auto file = temp_path("flood.resp");
+  write_file(file, file_text);
+  // redis-cli exits 1 when any reply was an error: the summary is the result.
+  auto out = run({"sh", "-c", "redis-cli -h 127.0.0.1 -p " + std::to_string(port) + " --pipe < " + file}, 120s).second;
+  std::smatch m;
+  static const std::regex summary{R"(errors: (\d+), replies: (\d+))"};
+  if (!std::regex_search(out, m, summary)) {
+    ADD_FAILURE() << "no summary from redis-cli --pipe: " << out;
+    return {0, 0};
+  }
+  return {std::stoll(m[2]), std::stoll(m[1])};
+}
+
+std::string round_commands(int round, int n) {
+  std::string out;
+  for (int i = 0; i < n; ++i) {
+    std::string key = "flood-" + std::to_string(round) + "-" + std::to_string(i);
+    out += "*5\r\n$12\r\nTALLY.RECORD\r\n$3\r\nkey\r\n$" + std::to_string(key.size()) + "\r\n" + key +
+           "\r\n$5\r\nspend\r\n$1\r\n1\r\n";
+  }
+  return out;
+}
+
+class Flood : public shared_servers {};
+
+} // namespace
+
+TEST_F(Flood, DistinctKeysEndInRefusalsWithinTheMemoryBound) {
+  constexpr int rounds = 3, per_round = 50000;
+  constexpr long long shards = 2, max_keys = 16384, queue_capacity = 4096, intern_capacity = 65536;
+  postgres_->psql("CREATE SCHEMA IF NOT EXISTS flood");
+  tallyd_process d({"--ns", "flood", "--redis-urls", redis_->url(), "--postgres-url", postgres_->url(),
+                    "--pg-schema", "flood", "--resp-port", "0", "--http-port", "0", "--buffer-interval", "200ms",
+                    "--flush-interval", "200ms", "--worker-threads", "2", "--state-dir", temp_dir("tally-state-"),
+                    "--shards", std::to_string(shards), "--max-keys-per-shard", std::to_string(max_keys),
+                    "--queue-capacity", std::to_string(queue_capacity), "--intern-capacity",
+                    std::to_string(intern_capacity)});
+  ASSERT_TRUE(d.wait_ready()) << slurp(d.log);
+  const long long idle_rss = status_bytes(d.pid, "VmRSS");
+  ASSERT_GT(idle_rss, 0);
+
+  long long accepted = 0, refused = 0, rss_when_full = 0;
+  for (int r = 0; r < rounds; ++r) {
+    auto [replies, errors] = pipe(d.resp_port, round_commands(r, per_round));
+    EXPECT_EQ(replies, per_round) << "every command gets a reply";
+    accepted += replies - errors;
+    refused += errors;
+    if (r == 0)
+      EXPECT_EQ(errors, 0) << "the first round fits the limits";
+    std::printf("flood: after round %d RSS %.1f MB\n", r + 1, status_bytes(d.pid, "VmRSS") / 1e6);
+    if (r == 1)  // the id table is full from here on: nothing may grow
+      rss_when_full = status_bytes(d.pid, "VmRSS");
+  }
+  const long long rss_after_last = status_bytes(d.pid, "VmRSS");
+  const long long peak = status_bytes(d.pid, "VmHWM");
+  auto metrics = http_get(d.http_port, "/metrics").body;
+  const long long intern_full = metric(metrics, "tally_events_rejected_total{reason=\"intern_full\"}");
+
+  // README, "Memory": idle RSS + shards x (max_keys_per_shard + 4 x
+  // queue_capacity) x 1.5 KiB + intern_capacity x 160 B + connections x 2 x
+  // resp_max_buffered_bytes (the default 4 MiB, one connection at a time).
+  const long long bound = idle_rss + shards * (max_keys + 4 * queue_capacity) * 1536 + intern_capacity * 160 +
+                          2 * (4LL << 20);
+  std::printf("flood: idle RSS %.1f MB, after round 2 %.1f MB, after round %d %.1f MB, peak %.1f MB, bound %.1f "
+              "MB; accepted %lld, refused %lld (intern_full %lld)\n",
+              idle_rss / 1e6, rss_when_full / 1e6, rounds, rss_after_last / 1e6, peak / 1e6, bound / 1e6, accepted,
+              refused, intern_full);
+  EXPECT_GT(refused, 0) << "the flood never reached a limit";
+  EXPECT_EQ(intern_full, refused) << "refusals other than intern_full";
+  EXPECT_LE(peak, bound) << "peak RSS over the documented bound";
+  EXPECT_LE(rss_after_last, rss_when_full + 16 * 1024 * 1024) << "RSS keeps growing with the flood";
+
+  // Every accepted event is in Postgres once, and still once after the stop.
+  const std::string sum_sql = "SELECT coalesce(sum(requests), 0) FROM flood.tally_minute";
+  const std::string want = std::to_string(accepted) + "\n";
+  EXPECT_TRUE(wait_for([&] { return postgres_->psql(sum_sql) == want; }, 60s))
+    << postgres_->psql(sum_sql) << " requests in Postgres, accepted " << accepted << "\n" << slurp(d.log);
+  EXPECT_EQ(d.terminate(), 0) << slurp(d.log);
+  EXPECT_EQ(postgres_->psql(sum_sql), want);
+}
