@@ -23,8 +23,11 @@ caf::behavior aggregator(aggregator_actor* self, ingest_state* ingest, shard* ho
     [=](wake_atom) {
       // Another turn is a message to itself, so swaps and other actors on
       // this worker get their turn in between.
-      if (self->state.core->turn() == shard_aggregator::turn_result::more)
+      auto r = self->state.core->turn();
+      if (r == shard_aggregator::turn_result::more)
         self->send(self, wake_atom::value);
+      else if (r == shard_aggregator::turn_result::paused)
+        ingest->request_swap();
     },
     [=](swap_atom) -> agg_map_ptr {
       auto& core = *self->state.core;

@@ -380,10 +380,14 @@ void after_cycle(writer_actor* self) {
     schedule(self, st.ingest->cfg.buffer_interval);
     return;
   }
-  // Group commit: durable records waiting means no sleeping out the interval.
+  // Group commit: durable records waiting means no sleeping out the
+  // interval; nor does a shard at its key limit, unless the batches formed
+  // already wait for Redis (then ingest is paced by Redis, as it should be).
   st.ingest->writer_sleeping.store(true, std::memory_order_relaxed);
   std::atomic_thread_fence(std::memory_order_seq_cst);
-  if (tickets_waiting(st) && st.ingest->writer_sleeping.exchange(false))
+  bool swap_now = st.ingest->swap_wanted.load(std::memory_order_relaxed)
+                  && st.pending.size() < st.ingest->cfg.max_pending_batches;
+  if ((tickets_waiting(st) || swap_now) && st.ingest->writer_sleeping.exchange(false))
     schedule(self, milliseconds{0});
   else
     schedule(self, st.ingest->cfg.buffer_interval);
@@ -475,6 +479,9 @@ void start_cycle(writer_actor* self) {
   }
   st.collecting = true;
   st.need_final_cycle = false;
+  // Cleared before the swaps are asked for: a shard that reaches its limit
+  // again after its swap sets it anew.
+  st.ingest->swap_wanted.store(false, std::memory_order_relaxed);
   durable_ticket t;
   while (st.ingest->tickets.try_dequeue(t))
     st.cycle_tickets.push_back(std::move(t));

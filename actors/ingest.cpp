@@ -196,6 +196,13 @@ void ingest_state::durable_fence(std::function<void(field_error)> done) {
     caf::anon_send(writer, tickets_atom::value);
 }
 
+void ingest_state::request_swap() noexcept {
+  swap_wanted.store(true, std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (writer_sleeping.load(std::memory_order_relaxed) && writer_sleeping.exchange(false))
+    caf::anon_send(writer, tickets_atom::value);
+}
+
 void ingest_state::close() noexcept {
   closed_.store(true, std::memory_order_relaxed);
   std::atomic_thread_fence(std::memory_order_seq_cst);

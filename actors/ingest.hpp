@@ -142,6 +142,11 @@ public:
   /// call is in Redis (or failed with the reason).
   void durable_fence(std::function<void(field_error)> done);
 
+  /// A shard is at its key limit: asks the writer for a cycle now rather
+  /// than at the end of the buffer interval, so a flood of distinct keys is
+  /// paced by how fast batches form, not held for a whole interval.
+  void request_swap() noexcept;
+
   /// Refuses new events and waits until no producer is inside record().
   void close() noexcept;
   bool closed() const noexcept { return closed_.load(std::memory_order_acquire); }
@@ -152,7 +157,8 @@ public:
   std::vector<std::unique_ptr<shard>> shards;
   intern_table ids;
   moodycamel::ConcurrentQueue<durable_ticket> tickets;
-  alignas(64) std::atomic<bool> writer_sleeping{true};  // coalesces ticket wake-ups
+  alignas(64) std::atomic<bool> writer_sleeping{true};  // coalesces ticket and swap wake-ups
+  std::atomic<bool> swap_wanted{false};                 // a shard waits at its key limit
   caf::actor writer;
   /// The read path's cache, when this instance reads (a Postgres is
   /// configured): the writer adds every batch it forms to its ledger.

@@ -384,8 +384,9 @@ std::vector<option_spec> build_table() {
                      "Events one shard queue holds before ingest pushes back.")
         .def("65536").bounds(1024, 1 << 26).unit("events"));
   add(integer_option("max_keys_per_shard", kIngest, RT(max_keys_per_shard),
-                     "Distinct aggregation keys a shard holds per buffer_interval before it stops "
-                     "draining its queue (which then fills and pushes back).")
+                     "Distinct aggregation keys a shard's map holds; a full map is handed to the "
+                     "buffer writer at once (an early batch) while ingest waits, so this bounds "
+                     "memory, not throughput.")
         .def(std::to_string(1 << 18)).bounds(1024, 1 << 26).unit("keys"));
   add(integer_option("intern_capacity", kIngest, RT(intern_capacity),
                      "Distinct identifiers (keys, users, models, ...) the process can hold; rounded "

@@ -339,6 +339,39 @@ TEST(Stage1, DurableRecordCompletesAfterRedisReturns) {
   rt.stop();
 }
 
+// A shard at its key limit has the writer swap at once: a flood of
+// distinct keys is paced by how fast batches form, not held back for the
+// (here hour-long) buffer interval. Every event is then in Redis, once.
+TEST(Stage1, KeyLimitSwapsAtOnceInsteadOfWaitingForTheInterval) {
+  redis_server redis;
+  auto cfg = local_config(redis, 3600s);
+  cfg.shards = 1;
+  cfg.max_keys_per_shard = 1024;
+  cfg.queue_capacity = 1024;
+  runtime rt;
+  ASSERT_EQ(rt.start(cfg), "");
+  rollup_rows expected;
+  const uint64_t n = 30'000;  // about six times what one map holds
+  uint64_t i = 0;
+  auto deadline = std::chrono::steady_clock::now() + 60s;
+  for (; i < n && std::chrono::steady_clock::now() < deadline; ++i) {
+    auto ev = generate(29, i);
+    ev.ids[0] = "flood-" + std::to_string(i);
+    field_error err;
+    while ((err = rt.record(ev.view())).code == errc::backpressure && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::yield();
+    if (err.code == errc::backpressure)
+      break;
+    ASSERT_FALSE(err) << to_string(err.code);
+    add_reference(expected, ev);
+  }
+  ASSERT_EQ(i, n) << "ingest stalled at the key limit, waiting for the interval";
+  EXPECT_GT(rt.snapshot().events_backpressured, 0u) << "the test never reached the key limit";
+  EXPECT_GE(rt.snapshot().batches_written, 4u) << "the maps were not swapped as they filled";
+  rt.stop();
+  expect_exact(read_stage1(redis.url(), "t"), expected);
+}
+
 // stop() drains queues and writes the final batch even when the interval
 // has not come round.
 TEST(Stage1, StopWritesEverything) {

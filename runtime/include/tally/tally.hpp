@@ -113,8 +113,9 @@ struct config {
   uint32_t shards = 0;
   /// Events each shard queue holds before record() pushes back.
   uint32_t queue_capacity = 1u << 16;
-  /// Distinct aggregation keys a shard holds per interval before it stops
-  /// draining its queue (which then fills and pushes back).
+  /// Distinct aggregation keys a shard's map holds. A full map is handed to
+  /// the buffer writer at once (an early batch) while record() returns
+  /// backpressure: it bounds memory, not throughput.
   uint32_t max_keys_per_shard = 1u << 18;
   /// Distinct identifiers the process can hold (power of two is used).
   uint32_t intern_capacity = 1u << 20;
