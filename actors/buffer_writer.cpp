@@ -423,30 +423,31 @@ void finish_cycle(writer_actor* self) {
   st.map_owners.clear();
 
   if (rows.size() > 0) {
-    adapters::batch b;
-    b.created_ms = now_ms();
-    std::vector<int> table_of(specs.size(), -1);
-    rows.for_each([&](const row_key& r, measure_values& m) {
-      int& t = table_of[r.rollup];
-      const rollup_spec& spec = specs[r.rollup];
-      if (t < 0) {
-        t = static_cast<int>(b.tables.size());
-        b.tables.push_back({spec.table, spec.key_columns(), spec.measure_columns(), {}});
-      }
-      adapters::batch_row row;
-      row.keys = key_texts(r, ids);
-      row.values.reserve(spec.measures.size());
-      for (measure ms : spec.measures)
-        row.values.push_back(value_of(m, ms));
-      b.tables[t].rows.push_back(std::move(row));
-    });
-    for (auto& part : adapters::split_batch(std::move(b), st.ingest->cfg.max_batch_bytes)) {
+    // Each batch is encoded as soon as it is full: the rows as strings and
+    // vectors (several hundred bytes each) exist for one batch at a time,
+    // not for a whole interval of a flood of keys.
+    adapters::batch_splitter splitter(st.ingest->cfg.max_batch_bytes, now_ms(), [&](adapters::batch&& part) {
       uint64_t seq = st.next_seq++;
       part.id = st.instance + ":" + std::to_string(seq);
       if (st.ingest->cache)
         remember_for_reads(*st.ingest->cache, part);
       st.pending.push_back({seq, part.id, adapters::encode_batch(part)});
+    });
+    for (size_t rollup = 0; rollup < specs.size(); ++rollup) {
+      const rollup_spec& spec = specs[rollup];
+      splitter.begin_table(spec.table, spec.key_columns(), spec.measure_columns());
+      rows.for_each([&](const row_key& r, measure_values& m) {
+        if (r.rollup != rollup)
+          return;
+        adapters::batch_row row;
+        row.keys = key_texts(r, ids);
+        row.values.reserve(spec.measures.size());
+        for (measure ms : spec.measures)
+          row.values.push_back(value_of(m, ms));
+        splitter.add_row(std::move(row));
+      });
     }
+    splitter.finish();
     st.ingest->counters.pending_batches.store(st.pending.size());
   }
   // Tickets of this cycle are done once every batch up to now is written.

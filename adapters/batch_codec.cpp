@@ -281,33 +281,62 @@ result<batch> decode_batch(std::string_view bytes, const table_check& check) {
   return b;
 }
 
+batch_splitter::batch_splitter(size_t max_bytes, int64_t created_ms, sink done)
+  : max_bytes_(max_bytes), created_ms_(created_ms), done_(std::move(done)) {
+  start_part();
+}
+
+void batch_splitter::start_part() {
+  part_ = batch{};
+  part_.created_ms = created_ms_;
+  used_ = header_size + 2 + 64 + 8 + 2;  // generous for the id
+  cur_ = nullptr;
+}
+
+void batch_splitter::begin_table(const std::string& name, const std::vector<std::string>& key_columns,
+                                 const std::vector<std::string>& measure_columns) {
+  header_ = batch_table{name, key_columns, measure_columns, {}};
+  header_bytes_ = table_header_bytes(header_);
+  cur_ = nullptr;
+}
+
+void batch_splitter::add_row(batch_row&& r) {
+  size_t rb = row_bytes(r);
+  if (cur_ == nullptr || used_ + rb > max_bytes_) {
+    // A full part goes now; so does one that could not take this table's
+    // header and first row (unless it is still empty).
+    if (cur_ != nullptr || (used_ + header_bytes_ + rb > max_bytes_ && part_.row_count() > 0)) {
+      done_(std::move(part_));
+      start_part();
+    }
+    part_.tables.push_back(header_);
+    cur_ = &part_.tables.back();
+    used_ += header_bytes_;
+  }
+  cur_->rows.push_back(std::move(r));
+  used_ += rb;
+}
+
+void batch_splitter::finish() {
+  if (part_.row_count() > 0)
+    done_(std::move(part_));
+  start_part();
+}
+
 std::vector<batch> split_batch(batch b, size_t max_bytes) {
   std::vector<batch> parts;
-  auto start_part = [&] {
+  batch_splitter splitter(max_bytes, b.created_ms, [&](batch&& p) { parts.push_back(std::move(p)); });
+  for (auto& t : b.tables) {
+    splitter.begin_table(t.name, t.key_columns, t.measure_columns);
+    for (auto& r : t.rows)
+      splitter.add_row(std::move(r));
+  }
+  splitter.finish();
+  if (parts.empty()) {  // an empty batch is still one (empty) part
     batch p;
     p.created_ms = b.created_ms;
     parts.push_back(std::move(p));
-    return header_size + 2 + 64 + 8 + 2;  // generous for the id
-  };
-  size_t used = start_part();
-  for (auto& t : b.tables) {
-    size_t theader = table_header_bytes(t);
-    batch_table* cur = nullptr;
-    for (auto& r : t.rows) {
-      size_t rb = row_bytes(r);
-      if (cur == nullptr || used + rb > max_bytes) {
-        if (cur != nullptr || (used + theader + rb > max_bytes && parts.back().row_count() > 0))
-          used = start_part();
-        parts.back().tables.push_back(batch_table{t.name, t.key_columns, t.measure_columns, {}});
-        cur = &parts.back().tables.back();
-        used += theader;
-      }
-      cur->rows.push_back(std::move(r));
-      used += rb;
-    }
   }
-  if (parts.size() > 1 && parts.back().tables.empty())
-    parts.pop_back();
   return parts;
 }
 

@@ -81,6 +81,34 @@ result<batch> decode_batch(std::string_view bytes, const table_check& check = {}
 /// Reads only the id of an encoded batch (after verifying its checksum).
 result<std::string> peek_batch_id(std::string_view bytes);
 
+/// Builds batches row by row and hands each one over as soon as it is full
+/// (encodes to about `max_bytes`; a single row larger than that still gets
+/// a batch of its own), so a caller forming many batches holds the rows of
+/// one at a time. Rows of a table are added after its begin_table().
+class batch_splitter {
+public:
+  using sink = std::function<void(batch&&)>;
+  batch_splitter(size_t max_bytes, int64_t created_ms, sink done);
+
+  void begin_table(const std::string& name, const std::vector<std::string>& key_columns,
+                   const std::vector<std::string>& measure_columns);
+  void add_row(batch_row&& r);
+  /// Hands over the last batch, if it has rows.
+  void finish();
+
+private:
+  void start_part();
+
+  size_t max_bytes_;
+  int64_t created_ms_;
+  sink done_;
+  batch part_;
+  size_t used_ = 0;
+  batch_table header_;                  // the current table's header, rows empty
+  size_t header_bytes_ = 0;
+  batch_table* cur_ = nullptr;          // the current table inside part_, if opened
+};
+
 /// Splits `b` so no part encodes to more than about `max_bytes` (a single
 /// row larger than that still gets a batch of its own). Parts keep b's
 /// tables and order; ids are left empty for the caller to assign.
