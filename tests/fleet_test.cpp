@@ -41,6 +41,7 @@
 #include <algorithm>
 #include <atomic>
 #include <csignal>
+#include <cstdlib>
 #include <deque>
 #include <fstream>
 #include <functional>
@@ -711,8 +712,8 @@ TEST(Fleet, FlappingDatabase) {
 
 // A producer-only instance (no Postgres; it can learn what was applied only
 // from Redis) writes to one Redis WITHOUT persistence, which is killed and
-// restarted empty mid-run: batches, the leader's inflight list, the
-// applied sets and the lease are gone. The producer's retention pushes the
+// restarted empty mid-run while the leader is stopped (SIGSTOP): batches,
+// the leader's inflight list, the applied sets and the lease are gone. The producer's retention pushes the
 // lost batches again after repush_after (2 s) and the separate leader
 // applies them; totals end exact.
 TEST(Fleet, ProducerOnlyInstanceWhileRedisLosesData) {
@@ -730,9 +731,19 @@ TEST(Fleet, ProducerOnlyInstanceWhileRedisLosesData) {
   ASSERT_TRUE(wait_for([&] { return run.mid_stream(redis.url(), 4000); }, 60s, 50ms)) << run.logs();
   ASSERT_GT(run.producers[0]->stat("batches"), 0);
 
+  // The leader is stopped first, so that batches wait in Redis when it
+  // dies: the restart certainly loses some, and only retention can bring
+  // them back. Left running, the leader may hold every outstanding batch in
+  // flight at that moment, apply it after the restart, and nothing is lost.
+  const pid_t leader = run.leaders[0]->pid;
+  ASSERT_EQ(::kill(leader, SIGSTOP), 0);
+  bool waiting = wait_for(
+    [&] { return std::atol(redis_command(redis.port(), {"LLEN", key("batches")}).value.c_str()) > 0; }, 10s, 20ms);
   const auto restarted = steady::now();
   redis.kill();
   redis.start();  // empty: no AOF, no RDB
+  ASSERT_EQ(::kill(leader, SIGCONT), 0);
+  ASSERT_TRUE(waiting) << "no batch waited in Redis with the leader stopped" << run.logs();
 
   ASSERT_NO_FATAL_FAILURE(run.producers_exit_ok(120s));
   std::string diff;
