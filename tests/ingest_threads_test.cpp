@@ -23,6 +23,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <deque>
@@ -198,6 +199,18 @@ TEST(IngestThreads, RecordSwapAndDurableTicketsExactAcrossThreads) {
   for (int p = 0; p < producers; ++p) {
     threads.emplace_back([&, p] {
       for (uint64_t i = 0; i < per_producer; ++i) {
+        if (i == per_producer / 2) {
+          // Halfway, wait for a shard to pause at its key limit (the writer
+          // does not swap before backpressure): only the aggregators raise
+          // `full`, so on a busy box producers could otherwise finish
+          // before an aggregator ever ran, and meet no backpressure at all.
+          while (backpressured.load() == 0
+                 && std::none_of(ingest.shards.begin(), ingest.shards.end(),
+                                 [](const auto& s) { return s->full.load(); })) {
+            ingest.wake_mine();
+            std::this_thread::yield();
+          }
+        }
         std::string k = key_text(p, i);
         std::string m = model_text(i);
         event ev;
