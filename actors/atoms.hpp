@@ -12,6 +12,6 @@ using recycle_atom = caf::atom_constant<caf::atom("recycle")>;    // take a clea
 using cycle_atom = caf::atom_constant<caf::atom("cycle")>;        // writer: time to collect
 using retry_atom = caf::atom_constant<caf::atom("retry")>;        // writer: retry stage 1
 using drain_atom = caf::atom_constant<caf::atom("drain")>;        // write everything, then answer
-using tickets_atom = caf::atom_constant<caf::atom("tickets")>;    // durable records wait, or a shard is at its key limit
+using collect_now_atom = caf::atom_constant<caf::atom("collectnow")>;  // writer: cycle now (durable records wait, or a shard is at its key limit)
 
 } // namespace tally

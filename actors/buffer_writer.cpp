@@ -544,7 +544,7 @@ caf::behavior buffer_writer(writer_actor* self, ingest_state* ingest, std::vecto
         after_cycle(self);
       }
     },
-    [=](tickets_atom) {
+    [=](collect_now_atom) {
       if (!self->state.collecting && !self->state.in_backoff)
         schedule(self, milliseconds{0});
     },

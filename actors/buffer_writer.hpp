@@ -30,7 +30,8 @@
 // Accepts:
 //   cycle_atom, uint64_t generation      timer; stale generations are dropped
 //   retry_atom, uint64_t generation      backoff over; write pending batches
-//   tickets_atom                         durable records wait: cycle now
+//   collect_now_atom                     durable records wait, or a shard is at
+//                                        its key limit: cycle now
 //   active_atom, uint64_t generation     the active database changed: write now
 //   drain_atom, int64_t deadline_ms -> bool
 //       final cycle (after ingest_state::close): collect everything, write

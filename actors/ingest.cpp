@@ -191,16 +191,20 @@ void ingest_state::durable_fence(std::function<void(field_error)> done) {
   // writer sees the ticket, they are already in a shard queue, and the
   // writer's next swap drains them.
   tickets.enqueue(durable_ticket{std::move(done)});
-  std::atomic_thread_fence(std::memory_order_seq_cst);
-  if (writer_sleeping.load(std::memory_order_relaxed) && writer_sleeping.exchange(false))
-    caf::anon_send(writer, tickets_atom::value);
+  wake_writer();
 }
 
 void ingest_state::request_swap() noexcept {
   swap_wanted.store(true, std::memory_order_relaxed);
+  wake_writer();
+}
+
+void ingest_state::wake_writer() noexcept {
+  // Pairs with the writer's after_cycle: either it sees what was just
+  // published (a ticket, swap_wanted), or we see it sleeping and wake it.
   std::atomic_thread_fence(std::memory_order_seq_cst);
   if (writer_sleeping.load(std::memory_order_relaxed) && writer_sleeping.exchange(false))
-    caf::anon_send(writer, tickets_atom::value);
+    caf::anon_send(writer, collect_now_atom::value);
 }
 
 void ingest_state::close() noexcept {

@@ -167,6 +167,8 @@ public:
   const config cfg;
 
 private:
+  /// Wakes the writer for a cycle now if it sleeps out its interval.
+  void wake_writer() noexcept;
   producer_slot& my_slot();
   /// Interns and validates `ev` into `q` (no enqueue).
   field_error prepare(const event& ev, producer_slot& slot, queued_event& q) noexcept;

@@ -117,7 +117,6 @@ struct conn_state {
   bool paused_output = false;  // too many unsent reply bytes
   bool has_token = false;      // CAF holds one read token for us
   bool parked = false;         // reading paused; CAF has not yet applied it (see top)
-  uint64_t park_generation = 0;
   bool counted = false;        // counted in ctx->connections and global gauge
   bool closed = false;
   uint64_t unsent = 0;         // bytes CAF has not written yet (data_transferred_msg)
@@ -225,22 +224,22 @@ public:
   /// CAF used the last token and will stop reading at the end of this
   /// multiplexer round. A function posted to the multiplexer runs at the
   /// start of the next round; the message it sends arrives after the stop.
+  /// One is outstanding at most: no token is granted, so no new pause comes,
+  /// until it has arrived.
   void on_passivated() {
     st_.has_token = false;
     st_.parked = true;
-    uint64_t generation = ++st_.park_generation;
     caf::weak_actor_ptr weak = self_->ctrl();
-    self_->backend().post([weak, generation] {
+    self_->backend().post([weak] {
       if (auto a = caf::actor_cast<caf::actor>(weak))
-        caf::anon_send(a, resp_unpark_atom::value, generation);
+        caf::anon_send(a, resp_unpark_atom::value);
     });
   }
 
-  void on_unpark(uint64_t generation) {
-    if (generation != st_.park_generation || st_.closed)
-      return;
+  void on_unpark() {
     st_.parked = false;
-    grant_read();
+    if (!st_.closed)
+      grant_read();
   }
 
   void on_idle_check() {
@@ -772,7 +771,7 @@ caf::behavior resp_connection_impl(conn_broker* self, caf::io::connection_handle
     [=](resp_retry_atom, uint64_t generation) { connection(self).on_retry(generation); },
     [=](resp_durable_atom, uint64_t ticket, uint8_t code) { connection(self).on_durable(ticket, code); },
     [=](resp_idle_atom) { connection(self).on_idle_check(); },
-    [=](resp_unpark_atom, uint64_t generation) { connection(self).on_unpark(generation); },
+    [=](resp_unpark_atom) { connection(self).on_unpark(); },
     [=](resp_stop_atom) { connection(self).on_stop_deadline(); },
   };
 }

@@ -7,7 +7,7 @@
 //   (resp_durable_atom, uint64_t ticket, uint8_t errc)  a durable ticket is in
 //                                           Redis (errc ok) or failed
 //   (resp_idle_atom)                        idle-timeout check
-//   (resp_unpark_atom, uint64_t generation) CAF has applied a passivation: a
+//   (resp_unpark_atom)                      CAF has applied a passivation: a
 //                                           read token works again
 // It sends nothing to other actors; durable fences travel through
 // resp_backend::durable_fence and come back as resp_durable_atom.
