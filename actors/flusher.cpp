@@ -30,6 +30,8 @@ using namespace std::chrono;
 // it back.
 constexpr int max_chunk_batches = 64;
 constexpr uint64_t chunk_bytes = 32u << 20;
+/// Deferred increments applied per cycle (one short transaction each).
+constexpr long deferred_per_cycle = 1000;
 // Producers learn from these sets that their batches were applied; a day
 // outlives any producer's retention window.
 constexpr milliseconds applied_marker_ttl = hours(24);
@@ -70,6 +72,7 @@ struct flusher_state {
   int chunk = max_chunk_batches;  // batches per transaction, adaptive
   bool priority_known = false;    // deadlock priority checked on this Postgres
   bool deadlock_priority = false;
+  bool deferred_left = true;      // tally_spend_deferred may hold increments to apply
   backoff retry{milliseconds(50), milliseconds(2000)};
 };
 
@@ -312,7 +315,12 @@ cycle_result run_cycle(flusher_actor* self, source_io& io) {
   counters->observe_flush(std::chrono::duration_cast<milliseconds>(out->prepare_time + out->transaction_time));
   counters->rows_upserted.fetch_add(out->rows);
   counters->duplicate_batches.fetch_add(out->batches_duplicate);
-  bool notable = out->prepare_time + out->transaction_time > milliseconds(1000) || out->lock_retries > 0;
+  if (out->deferred > 0) {
+    counters->rows_deferred.fetch_add(out->deferred);
+    st.deferred_left = true;
+  }
+  bool notable = out->prepare_time + out->transaction_time > milliseconds(1000) || out->lock_retries > 0
+                 || out->deferred > 0;
   TALLY_LOG(notable ? log_level::info : log_level::debug,
             "flusher", "flushed " << out->batches_new << " batches (" << out->batches_duplicate
                                   << " duplicates), " << out->rows << " rows, epoch " << st.epoch << " in "
@@ -320,7 +328,10 @@ cycle_result run_cycle(flusher_actor* self, source_io& io) {
                                   << out->transaction_time.count() << " ms in the transaction"
                                   << (out->lock_retries ? ", " + std::to_string(out->lock_retries)
                                                             + " upserts retried after a lock timeout"
-                                                        : std::string()));
+                                                        : std::string())
+                                  << (out->deferred ? ", " + std::to_string(out->deferred)
+                                                        + " entity totals deferred (held by another writer)"
+                                                    : std::string()));
   st.chunk = std::min(max_chunk_batches, st.chunk * 2);
   // Committed: drop exactly the items this transaction covered (the right
   // end; LTRIM of everything deletes the key). If this fails the next cycle
@@ -415,12 +426,44 @@ cycle_result drain_others(flusher_actor* self) {
   return more ? cycle_result::more : cycle_result::drained;
 }
 
-/// The active database first; when it is drained, the others.
+/// Adds deferred entity-total increments to their rows, a bounded number
+/// per cycle. Failing here fails no flush and holds up no stop: they are
+/// committed already, reads count them where they are, and a later cycle
+/// (of this leader or the next) applies them.
+cycle_result apply_deferred(flusher_actor* self) {
+  auto& st = self->state;
+  if (!st.deferred_left || !st.leading)
+    return cycle_result::drained;
+  std::string why;
+  if (!st.pg.ensure(*st.ctx, "flusher", why))
+    return cycle_result::drained;
+  // It waits for rows others hold (never in a cycle); a long holder only
+  // postpones the rest to the next cycle.
+  auto wait = std::min(st.ctx->cfg.lock_timeout, milliseconds(1000));
+  auto n = adapters::apply_deferred(*st.pg.client, st.ctx->cfg.pg_schema, deferred_per_cycle, wait);
+  if (!n) {
+    TALLY_LOG(n.error().sqlstate == "55P03" ? log_level::debug : log_level::warn, "flusher",
+              n.error().message << "; the rest is applied in a later cycle");
+    return cycle_result::drained;
+  }
+  st.ctx->counters->deferred_applied.fetch_add(static_cast<uint64_t>(*n));
+  if (*n < deferred_per_cycle) {
+    st.deferred_left = false;
+    return cycle_result::drained;
+  }
+  return cycle_result::more;
+}
+
+/// The active database first; when it is drained, the others; then the
+/// deferred increments.
 cycle_result full_cycle(flusher_actor* self) {
   auto r = active_cycle(self);
   if (r != cycle_result::drained)
     return r;
-  return drain_others(self);
+  r = drain_others(self);
+  if (r != cycle_result::drained)
+    return r;
+  return apply_deferred(self);
 }
 
 /// Runs a cycle and arms the timer for the next one.
@@ -458,6 +501,7 @@ void start_leading(flusher_state& st, uint64_t epoch) {
   if (epoch != st.epoch)
     st.publish_seq = 0;  // readers see a new epoch as a gap anyway
   st.epoch = epoch;
+  st.deferred_left = true;  // an earlier leader may have left some
   for (auto& [db, src] : st.sources) {
     src.registered = false;
     src.next_orphan_scan = 0;

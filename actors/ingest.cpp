@@ -240,6 +240,8 @@ void ingest_state::add_counters(stats& out) const noexcept {
   out.flushes += counters.flushes.load();
   out.rows_upserted += counters.rows_upserted.load();
   out.duplicate_batches += counters.duplicate_batches.load();
+  out.rows_deferred += counters.rows_deferred.load();
+  out.deferred_applied += counters.deferred_applied.load();
   out.dead_lettered += counters.dead_lettered.load();
   out.lease_held += counters.lease_held.load();
   out.epoch += counters.epoch.load();

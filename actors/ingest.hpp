@@ -89,6 +89,8 @@ struct pipeline_counters {
   std::atomic<uint64_t> flushes{0};
   std::atomic<uint64_t> rows_upserted{0};
   std::atomic<uint64_t> duplicate_batches{0};
+  std::atomic<uint64_t> rows_deferred{0};
+  std::atomic<uint64_t> deferred_applied{0};
   std::atomic<uint64_t> dead_lettered{0};
   std::atomic<uint64_t> lease_held{0};
   std::atomic<uint64_t> epoch{0};

@@ -295,6 +295,74 @@ result<pg_rows> upsert_staged(pg_client& pg, const std::string& schema, const ro
   return pg.exec(staged_upsert_sql(schema, spec));
 }
 
+namespace {
+
+std::string key_match(const rollup_spec& spec, const std::string& a, const std::string& b) {
+  std::string out;
+  for (const auto& k : spec.key_columns())
+    out += (out.empty() ? "" : " AND ") + a + "." + quote_identifier(k) + " = " + b + "." + quote_identifier(k);
+  return out;
+}
+
+std::string column_list(const rollup_spec& spec, const std::string& prefix) {
+  std::string out;
+  for (const auto& c : spec.key_columns())
+    out += (out.empty() ? "" : ", ") + prefix + quote_identifier(c);
+  for (const auto& c : spec.measure_columns())
+    out += ", " + prefix + quote_identifier(c);
+  return out;
+}
+
+} // namespace
+
+std::string defer_locked_sql(const std::string& schema, const rollup_spec& spec) {
+  const std::string table = qualified_table(schema, spec.table);
+  // SKIP LOCKED never waits: the rows it returns are locked by this
+  // transaction now; an existing row it skipped is held by someone else,
+  // and its staged increment moves to the deferred table instead. Rows that
+  // do not exist yet stay staged for the upsert to insert.
+  return "WITH locked AS MATERIALIZED (SELECT s.ord FROM " + stage_table(spec) + " s JOIN " + table + " t ON "
+         + key_match(spec, "t", "s") + " FOR UPDATE OF t SKIP LOCKED), moved AS (DELETE FROM " + stage_table(spec)
+         + " s USING " + table + " t WHERE " + key_match(spec, "t", "s")
+         + " AND s.ord NOT IN (SELECT ord FROM locked) RETURNING " + column_list(spec, "s.") + ") INSERT INTO "
+         + qualified_table(schema, spec.table + "_deferred") + " (" + column_list(spec, "") + ") SELECT "
+         + column_list(spec, "") + " FROM moved";
+}
+
+std::string apply_deferred_sql(const std::string& schema, const rollup_spec& spec) {
+  const std::string deferred = qualified_table(schema, spec.table + "_deferred");
+  std::string conflict, updates;
+  for (const auto& k : spec.key_columns())
+    conflict += (conflict.empty() ? "" : ", ") + quote_identifier(k);
+  for (const auto& m : spec.measure_columns())
+    updates += quote_identifier(m) + " = t." + quote_identifier(m) + " + EXCLUDED." + quote_identifier(m) + ", ";
+  return "WITH d AS (DELETE FROM " + deferred + " WHERE id = (SELECT id FROM " + deferred
+         + " ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING " + column_list(spec, "") + ") INSERT INTO "
+         + qualified_table(schema, spec.table) + " AS t (" + column_list(spec, "") + ", updated_at) SELECT "
+         + column_list(spec, "") + ", now() FROM d ON CONFLICT (" + conflict + ") DO UPDATE SET " + updates
+         + "updated_at = now() RETURNING 1";
+}
+
+result<long> apply_deferred(pg_client& pg, const std::string& schema, long limit,
+                            std::chrono::milliseconds lock_timeout) {
+  const auto& spec = rollup_specs().front();
+  // One increment per transaction: it holds the lock of its deferred row
+  // (which no other writer touches) and waits for one rollup row, so it can
+  // wait behind a foreign transaction but never be part of a lock cycle.
+  const std::string sql = "SELECT set_config('lock_timeout', '" + std::to_string(lock_timeout.count())
+                          + "', true); " + apply_deferred_sql(schema, spec);
+  long applied = 0;
+  while (applied < limit) {
+    auto r = pg.exec(sql);
+    if (!r)
+      return with_context(r.error(), "apply deferred increments");
+    if (r->rows.empty())
+      break;
+    ++applied;
+  }
+  return applied;
+}
+
 result<flush_outcome> flush_batches(pg_client& pg, const flush_settings& st,
                                     const std::vector<const batch*>& batches,
                                     const std::function<bool()>& still_leader) {
@@ -439,6 +507,20 @@ result<flush_outcome> flush_batches(pg_client& pg, const flush_settings& st,
         return with_context(back.error(), "rollback to savepoint");
       }
       ++out.lock_retries;
+      // The entity totals are the rows writers outside tally update too. A
+      // flush that may not win lock cycles (no deadlock priority) stops
+      // waiting for them: what it cannot lock now waits, committed, in the
+      // deferred table (apply_deferred adds it afterwards). Only after a
+      // lock timeout: uncontended flushes skip the extra pass.
+      if (s == 0 && !st.deadlock_priority) {
+        auto moved = pg.exec(defer_locked_sql(st.schema, specs[s]));
+        if (!moved) {
+          rollback();
+          return with_context(moved.error(), "defer locked " + specs[s].table + " rows");
+        }
+        out.deferred += static_cast<size_t>(moved->affected);
+        continue;  // at once: nothing it still needs is held by anyone else
+      }
       std::this_thread::sleep_for(std::chrono::milliseconds(1 + rng() % 10));
     }
     if (!r) {

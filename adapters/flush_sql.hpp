@@ -10,8 +10,10 @@
 //   -- merge the rows of the returned (new) batches only, keys merged so no row appears twice
 //   per rollup table in reverse rollup_specs() order (entity totals last), rows sorted by key:
 //     COPY pg_temp.tally_stage_<rollup> FROM STDIN      -- (ord, keys, measures), ord = sorted position
-//     INSERT ... SELECT FROM pg_temp.tally_stage_<rollup> ORDER BY ord
+//     INSERT ... SELECT FROM pg_temp.tally_stage_<rollup> ORDER BY ord     -- under a savepoint
 //       ON CONFLICT (key) DO UPDATE SET m = t.m + EXCLUDED.m, updated_at = now()
+//     [lock timeout: ROLLBACK TO SAVEPOINT; entity totals without deadlock
+//      priority: defer_locked_sql; the upsert again]
 //   COMMIT
 //
 // Why COPY into a staging table: measured in bench/flush_bench (BM_Upsert,
@@ -44,12 +46,21 @@
 //    it (LOCAL) above its own lock_timeout and above the server default, so
 //    in a cycle with a foreign writer it is always the foreign transaction
 //    whose deadlock check runs first and aborts; the flush just waits about
-//    one deadlock_timeout. Without the privilege tally yields instead:
-//    Each upsert
-//    runs under a savepoint with a short, growing lock_timeout: on 55P03 it
-//    rolls back to the savepoint (releasing what it locked, which breaks the
-//    cycle) and tries again at once, so hot rows shared with foreign writers
-//    cost retries of one statement, not of the whole flush.
+//    one deadlock_timeout. Without the privilege tally never waits for an
+//    entity-total row a foreign writer holds for longer than a first short
+//    lock timeout: it rolls the upsert back to its savepoint, locks the
+//    existing rows it can with SKIP LOCKED and moves the increments of
+//    the rows it could not into tally_spend_deferred, in the same
+//    transaction (so they are as committed, and as exactly-once, as the
+//    rest). apply_deferred adds them afterwards, one row per transaction,
+//    which can wait behind a foreign writer but never close a cycle; reads
+//    add them in. Waiting and yielding instead starves: foreign writers
+//    that lock in random order and queue behind one row of a large flush
+//    hold the very rows it needs next, so every retry meets a cycle.
+//    Uncontended flushes never pay for that pass (bench/flush_bench
+//    BM_DeferPass: +20% on the entity totals' upsert when it runs). Other
+//    tables and new rows keep the savepoint retry with a short, growing
+//    lock_timeout: on 55P03 roll back to the savepoint, try again at once.
 //  * idle_in_transaction_session_timeout makes the server end the session of
 //    a leader frozen inside the transaction (SIGSTOP, VM pause), so it cannot
 //    hold the lease row lock, and thereby block a new leader, forever. It is
@@ -105,6 +116,7 @@ struct flush_outcome {
   size_t rows = 0;              // rows upserted over all tables
   std::vector<table_count> tables;
   size_t lock_retries = 0;       // upserts retried after a short lock timeout
+  size_t deferred = 0;           // entity-total rows held by others: to the deferred table
   std::chrono::milliseconds prepare_time{0};      // lookup, merge, parameters (before BEGIN)
   std::chrono::milliseconds transaction_time{0};  // BEGIN .. COMMIT
 };
@@ -166,6 +178,23 @@ result<pg_rows> stage_rows(pg_client& pg, const rollup_spec& spec, const std::st
 
 /// Runs the staged upsert of one rollup (inside the caller's transaction).
 result<pg_rows> upsert_staged(pg_client& pg, const std::string& schema, const rollup_spec& spec);
+
+/// Moves the staged rows of `spec` (the entity totals) whose existing row
+/// another transaction holds into <table>_deferred, and locks the rest
+/// (SKIP LOCKED: never waits). Inside the flush transaction, after COPY.
+std::string defer_locked_sql(const std::string& schema, const rollup_spec& spec);
+
+/// Deletes the oldest unlocked deferred increment and adds it to its row,
+/// in one statement; returns a row when it applied one.
+std::string apply_deferred_sql(const std::string& schema, const rollup_spec& spec);
+
+/// Applies at most `limit` deferred entity-total increments, oldest first,
+/// each in a transaction of its own that waits at most `lock_timeout` for
+/// its row; returns how many. Exactly once whoever runs it (the delete and
+/// the add commit together), so it needs no epoch. Blocking. Fewer than
+/// `limit` means none was left that nobody else was applying.
+result<long> apply_deferred(pg_client& pg, const std::string& schema, long limit,
+                            std::chrono::milliseconds lock_timeout);
 
 /// Applies `batches` (already shape-checked) in one transaction as described
 /// above. Blocking. Ids already in tally_applied_batches are looked up and

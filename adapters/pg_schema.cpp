@@ -49,6 +49,17 @@ std::string rollup_table_ddl(const std::string& schema, const rollup_spec& spec)
   return sql;
 }
 
+std::string deferred_table_ddl(const std::string& schema, const rollup_spec& spec) {
+  auto keys = spec.key_columns();
+  std::string sql = "CREATE TABLE IF NOT EXISTS " + qualified_table(schema, spec.table + "_deferred")
+                    + " (id bigserial PRIMARY KEY, ";
+  for (size_t i = 0; i < keys.size(); ++i)
+    sql += quote_identifier(keys[i]) + " " + key_column_type(spec, i) + " NOT NULL, ";
+  for (measure m : spec.measures)
+    sql += quote_identifier(to_string(m)) + " " + measure_column_type(m) + " NOT NULL, ";
+  return sql + "deferred_at timestamptz NOT NULL DEFAULT now())";
+}
+
 namespace {
 
 struct migration {
@@ -77,6 +88,18 @@ const std::vector<migration>& migrations() {
        out.push_back("CREATE INDEX IF NOT EXISTS tally_applied_batches_applied_at ON "
                      + qualified_table(s, "tally_applied_batches") + " (applied_at)");
        return out;
+     }},
+    {2, "deferred entity-total increments",
+     [](const std::string& s) {
+       const auto& spec = rollup_specs().front();  // the entity totals
+       std::string cols;
+       for (const auto& k : spec.key_columns())
+         cols += (cols.empty() ? "" : ", ") + quote_identifier(k);
+       return std::vector<std::string>{
+         deferred_table_ddl(s, spec),
+         // Reads sum a row's deferred increments by key.
+         "CREATE INDEX IF NOT EXISTS " + quote_identifier(spec.table + "_deferred_key") + " ON "
+           + qualified_table(s, spec.table + "_deferred") + " (" + cols + ")"};
      }},
   };
   return list;

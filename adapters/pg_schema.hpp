@@ -45,6 +45,12 @@ const char* measure_column_type(measure m);
 /// CREATE TABLE IF NOT EXISTS for one rollup, generated from its spec.
 std::string rollup_table_ddl(const std::string& schema, const rollup_spec& spec);
 
+/// CREATE TABLE IF NOT EXISTS <rollup>_deferred: increments a flush
+/// committed but could not lock the row for (it was held by a writer
+/// outside tally), one row each (id, key columns, measure columns,
+/// deferred_at) until apply_deferred adds them to the rollup.
+std::string deferred_table_ddl(const std::string& schema, const rollup_spec& spec);
+
 /// The newest schema version this build knows.
 int latest_schema_version() noexcept;
 

@@ -10,14 +10,18 @@ namespace tally::adapters {
 namespace {
 
 std::string read_sql(const std::string& schema) {
-  // One statement, so both halves read the same snapshot: a batch is either
-  // in the totals and in the applied list, or in neither.
-  return "SELECT 0, w.i, s.spend::text, s.prompt_tokens, s.completion_tokens, s.cache_read_tokens, "
-         "s.cache_creation_tokens, s.requests, s.successful_requests, s.failed_requests "
-         "FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS w(t, sc, e, i) "
-         "JOIN " + qualified_table(schema, "tally_spend") + " s "
-         "ON s.entity_type = w.t AND s.scope = w.sc AND s.entity_id = w.e "
-         "UNION ALL "
+  // One statement, so every part reads the same snapshot: a batch is either
+  // in the totals (the row, or its deferred increments) and in the applied
+  // list, or in neither; a deferred increment is in exactly one of its two
+  // tables. Rows of one key are summed by the caller.
+  auto part = [&](const std::string& table) {
+    return "SELECT 0, w.i, s.spend::text, s.prompt_tokens, s.completion_tokens, s.cache_read_tokens, "
+           "s.cache_creation_tokens, s.requests, s.successful_requests, s.failed_requests "
+           "FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS w(t, sc, e, i) "
+           "JOIN " + qualified_table(schema, table) + " s "
+           "ON s.entity_type = w.t AND s.scope = w.sc AND s.entity_id = w.e ";
+  };
+  return part("tally_spend") + "UNION ALL " + part("tally_spend_deferred") + "UNION ALL "
          "SELECT 1, 0, a.batch_id, 0, 0, 0, 0, 0, 0, 0 FROM " + qualified_table(schema, "tally_applied_batches")
          + " a WHERE a.batch_id = ANY($4::text[])";
 }
@@ -91,7 +95,11 @@ result<read_answer> read_spend(pg_client& pg, const std::string& schema, const s
         || !parse_i64(r[6], m.cache_creation_tokens) || !parse_i64(r[7], m.requests)
         || !parse_i64(r[8], m.successful_requests) || !parse_i64(r[9], m.failed_requests))
       return error_info{static_cast<int>(pg_errc::query_failed), "read: a row Postgres returned does not parse", {}};
-    out.rows[static_cast<size_t>(index - 1)] = m;
+    auto& row = out.rows[static_cast<size_t>(index - 1)];
+    if (row)
+      row->add(m);
+    else
+      row = m;
   }
   return out;
 }

@@ -24,8 +24,9 @@ struct read_answer {
   std::vector<std::string> applied;                 // of the asked batch ids, those Postgres holds
 };
 
-/// Reads `want` from tally_spend and, in the same statement (one snapshot),
-/// which of `batch_ids` tally_applied_batches holds.
+/// Reads `want` from tally_spend plus its increments still waiting in
+/// tally_spend_deferred and, in the same statement (one snapshot), which of
+/// `batch_ids` tally_applied_batches holds.
 result<read_answer> read_spend(pg_client& pg, const std::string& schema, const std::vector<spend_key>& want,
                                const std::vector<std::string>& batch_ids);
 

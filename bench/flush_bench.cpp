@@ -150,6 +150,39 @@ void BM_Upsert(benchmark::State& state) {
 }
 BENCHMARK(BM_Upsert)->ArgsProduct({{0, 1, 2}, {1000, 20000}})->Unit(benchmark::kMillisecond)->UseRealTime();
 
+// What a flush without deadlock priority pays for never waiting on a row a
+// foreign writer holds: the SKIP LOCKED pass over the staged entity totals
+// (arg 1) beside the same staged upsert without it (arg 0). Every row
+// exists, so the pass joins and locks all of them: its worst case.
+void BM_DeferPass(benchmark::State& state) {
+  const bool defer = state.range(0) == 1;
+  const size_t n = static_cast<size_t>(state.range(1));
+  auto conn = adapters::pg_client::connect(env().pg.url(), 5000ms);
+  const auto& spec = rollup_specs()[0];
+  std::vector<adapters::merged_row> rows;
+  for (size_t i = 0; i < n; ++i)
+    rows.push_back({{"key", "", "entity-" + std::to_string(i)}, {42000, 10, 20, 0, 0, 1, 1, 0}});
+  std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.keys < b.keys; });
+  (void)conn->exec("TRUNCATE tally_spend, tally_spend_deferred");
+  (void)adapters::upsert_rows(*conn, "public", spec, adapters::upsert_params(spec, rows));
+  const std::string data = adapters::stage_copy_data(spec, rows);
+  for (auto _ : state) {
+    (void)conn->exec("BEGIN; " + adapters::stage_table_ddl(spec));
+    auto r = adapters::stage_rows(*conn, spec, data);
+    if (r && defer)
+      r = conn->exec(adapters::defer_locked_sql("public", spec));
+    if (r)
+      r = adapters::upsert_staged(*conn, "public", spec);
+    if (!r)
+      state.SkipWithError(r.error().message.c_str());
+    else if (r->affected != static_cast<long>(n))
+      state.SkipWithError("the staged upsert did not touch every row");
+    (void)conn->exec("ROLLBACK");
+  }
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * n));
+}
+BENCHMARK(BM_DeferPass)->ArgsProduct({{0, 1}, {20000}})->Unit(benchmark::kMillisecond)->UseRealTime();
+
 void BM_FlushWhilePruning(benchmark::State& state) {
   const bool prune = state.range(0) != 0;
   auto conn = adapters::pg_client::connect(env().pg.url(), 5000ms);

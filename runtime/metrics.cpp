@@ -175,6 +175,11 @@ std::string render_metrics(const metrics_snapshot& m) {
   // --- stage 2 ---
   w.counter("tally_flushes_total", "Flush transactions committed to Postgres by this instance.", s.flushes);
   w.counter("tally_rows_upserted_total", "Rows upserted into the tally tables.", s.rows_upserted);
+  w.counter("tally_rows_deferred_total",
+            "Entity-total increments committed to tally_spend_deferred (their row was locked by another writer).",
+            s.rows_deferred);
+  w.counter("tally_deferred_applied_total", "Deferred increments this instance added to tally_spend.",
+            s.deferred_applied);
   w.counter("tally_duplicate_batches_total", "Batches skipped because their id was already applied.",
             s.duplicate_batches);
   w.counter("tally_dead_lettered_total", "Batches that failed to decode, moved to the dead-letter list.",

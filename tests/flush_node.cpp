@@ -85,12 +85,13 @@ int main(int argc, char** argv) {
     while (!finished.load()) {
       auto s = rt.snapshot();
       std::fprintf(stdout, "node: written=%llu pending=%llu flushes=%llu rows=%llu duplicates=%llu dead=%llu "
-                   "lease=%llu epoch=%llu%s\n",
+                   "lease=%llu epoch=%llu deferred=%llu deferred_applied=%llu%s\n",
                    static_cast<unsigned long long>(s.batches_written), static_cast<unsigned long long>(s.pending_batches),
                    static_cast<unsigned long long>(s.flushes), static_cast<unsigned long long>(s.rows_upserted),
                    static_cast<unsigned long long>(s.duplicate_batches),
                    static_cast<unsigned long long>(s.dead_lettered), static_cast<unsigned long long>(s.lease_held),
-                   static_cast<unsigned long long>(s.epoch), tally::testing::fleet_status(rt).c_str());
+                   static_cast<unsigned long long>(s.epoch), static_cast<unsigned long long>(s.rows_deferred),
+                   static_cast<unsigned long long>(s.deferred_applied), tally::testing::fleet_status(rt).c_str());
       std::fflush(stdout);
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }

@@ -5,6 +5,7 @@
 #include "adapters/flush_sql.hpp"
 #include "adapters/pg_client.hpp"
 #include "adapters/pg_schema.hpp"
+#include "adapters/read_sql.hpp"
 #include "tests/harness/servers.hpp"
 
 #include <gtest/gtest.h>
@@ -187,6 +188,58 @@ TEST(FlushSql, FencedFlushAppliesNothingAndDuplicatesAreSkipped) {
   EXPECT_EQ(got["a"], "2/0.000000010");
   EXPECT_EQ(got["b"], "1/0.000000005");
   EXPECT_EQ(scalar(f.pg, "SELECT count(*) FROM " + f.schema + ".tally_applied_batches"), "2");
+}
+
+// Without deadlock priority a flush does not wait for an entity-total row a
+// writer outside tally holds: the increment is committed to the deferred
+// table with the batch ids, reads count it at once, and apply_deferred adds
+// it to the row once the holder is gone, exactly once.
+TEST(FlushSql, RowHeldByAnotherWriterIsDeferredNotWaitedFor) {
+  fixture f("defer");
+  const std::string table = f.schema + ".tally_spend";
+  const std::string deferred = f.schema + ".tally_spend_deferred";
+  ASSERT_TRUE(f.flush({spend_batch("d:1", {"a", "b", "c"}, 5)}).ok());
+  auto holder = connect_or_die();
+  ASSERT_TRUE(holder.exec("BEGIN; UPDATE " + table + " SET spend = spend + 0.000000100 WHERE entity_id = 'b'").ok());
+  f.settings.lock_timeout = 30000ms;  // a flush that waited would take this long
+  f.settings.deadlock_priority = false;
+  auto started = std::chrono::steady_clock::now();
+  auto out = f.flush({spend_batch("d:2", {"a", "b", "c", "new"}, 7)});
+  ASSERT_TRUE(out.ok()) << out.error().message;
+  EXPECT_LT(std::chrono::steady_clock::now() - started, 10s);
+  EXPECT_EQ(out->what, adapters::flush_outcome::kind::committed);
+  EXPECT_EQ(out->deferred, 1u);
+  auto got = f.requests_by_id();
+  EXPECT_EQ(got["a"], "2/0.000000012");
+  EXPECT_EQ(got["b"], "1/0.000000005");  // its increment waits in the deferred table
+  EXPECT_EQ(got["c"], "2/0.000000012");
+  EXPECT_EQ(got["new"], "1/0.000000007");
+  EXPECT_EQ(scalar(f.pg, "SELECT count(*) FROM " + deferred + " WHERE entity_id = 'b'"), "1");
+  // Reads add it in (the holder's own increment is not committed yet).
+  auto read = adapters::read_spend(f.pg, f.schema, {{"key", "", "a"}, {"key", "", "b"}, {"key", "", "gone"}},
+                                   {"d:2", "d:3"});
+  ASSERT_TRUE(read.ok()) << read.error().message;
+  ASSERT_EQ(read->rows.size(), 3u);
+  ASSERT_TRUE(read->rows[1].has_value());
+  EXPECT_EQ(read->rows[1]->requests, 2);
+  EXPECT_TRUE(read->rows[1]->spend == 12);
+  EXPECT_TRUE(read->rows[0]->spend == 12);
+  EXPECT_FALSE(read->rows[2].has_value());
+  EXPECT_EQ(read->applied, std::vector<std::string>{"d:2"});
+  // Applying waits for the holder, at most its lock timeout.
+  auto blocked = adapters::apply_deferred(f.pg, f.schema, 100, 200ms);
+  ASSERT_FALSE(blocked.ok());
+  EXPECT_EQ(blocked.error().sqlstate, "55P03") << blocked.error().message;
+  ASSERT_TRUE(holder.exec("COMMIT").ok());
+  auto applied = adapters::apply_deferred(f.pg, f.schema, 100, 5000ms);
+  ASSERT_TRUE(applied.ok()) << applied.error().message;
+  EXPECT_EQ(*applied, 1);
+  EXPECT_EQ(f.requests_by_id()["b"], "2/0.000000112");
+  EXPECT_EQ(scalar(f.pg, "SELECT count(*) FROM " + deferred), "0");
+  auto again = adapters::apply_deferred(f.pg, f.schema, 100, 5000ms);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(*again, 0);
+  EXPECT_EQ(f.requests_by_id()["b"], "2/0.000000112");
 }
 
 TEST(FlushSql, PruneDeletesOldIdsInBoundedBatchesAndSkipsLockedRows) {

@@ -236,6 +236,8 @@ struct stats {
   uint64_t flushes = 0;               // committed flush transactions
   uint64_t rows_upserted = 0;
   uint64_t duplicate_batches = 0;     // batch ids already applied, skipped
+  uint64_t rows_deferred = 0;         // entity-total increments committed to tally_spend_deferred
+  uint64_t deferred_applied = 0;      // deferred increments this instance added to tally_spend
   uint64_t dead_lettered = 0;
   uint64_t lease_held = 0;            // 1 while this instance is the leader
   uint64_t epoch = 0;                 // fencing epoch of the last lease taken
