@@ -101,6 +101,14 @@ const std::vector<migration>& migrations() {
          "CREATE INDEX IF NOT EXISTS " + quote_identifier(spec.table + "_deferred_key") + " ON "
            + qualified_table(s, spec.table + "_deferred") + " (" + cols + ")"};
      }},
+    {3, "rollup tables keep free space for HOT updates",
+     [](const std::string& s) {
+       std::vector<std::string> out;
+       for (const auto& spec : rollup_specs())
+         out.push_back("ALTER TABLE " + qualified_table(s, spec.table) + " SET (fillfactor = "
+                       + std::to_string(rollup_fillfactor) + ")");
+       return out;
+     }},
   };
   return list;
 }
@@ -163,7 +171,9 @@ status migrate_schema(pg_client& pg, const std::string& schema) {
   }
   // A rollup added to rollup_specs() after the last migration gets its table.
   for (const auto& spec : rollup_specs())
-    if (auto r = run(rollup_table_ddl(schema, spec), {}, spec.table); !r)
+    if (auto r = run(rollup_table_ddl(schema, spec) + " WITH (fillfactor = " + std::to_string(rollup_fillfactor) + ")",
+                     {}, spec.table);
+        !r)
       return fail(r.error());
   if (auto r = run("COMMIT", {}, "commit"); !r)
     return fail(r.error());

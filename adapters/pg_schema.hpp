@@ -42,6 +42,14 @@ const char* key_column_type(const rollup_spec& spec, size_t key_index);
 /// stored as units), bigint for the counts.
 const char* measure_column_type(measure m);
 
+/// Fill factor of the rollup tables. A flush updates most of its rows in
+/// place; with free space on the page Postgres makes that a HOT update
+/// (no new index entry), which measured 2-2.5x faster than on full pages
+/// for 20,000-row flushes, and keeps the primary key from bloating
+/// (bench/README.md, "HOT updates"). Pages written before the migration
+/// set it stay full until rewritten (VACUUM FULL, pg_repack).
+constexpr int rollup_fillfactor = 70;
+
 /// CREATE TABLE IF NOT EXISTS for one rollup, generated from its spec.
 std::string rollup_table_ddl(const std::string& schema, const rollup_spec& spec);
 

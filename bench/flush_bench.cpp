@@ -150,6 +150,55 @@ void BM_Upsert(benchmark::State& state) {
 }
 BENCHMARK(BM_Upsert)->ArgsProduct({{0, 1, 2}, {1000, 20000}})->Unit(benchmark::kMillisecond)->UseRealTime();
 
+// The apply as it runs day after day: the same 20,000 tally_daily rows
+// flushed again and again (one committed transaction per iteration, after
+// a first flush that inserted them), so nearly every row is an update.
+// /0 is the apply before the COPY work: unnest arrays into a table with
+// Postgres' default fillfactor 100. /1 is the apply now: COPY-staged into
+// the migrated table (rollup_fillfactor), where updates can be HOT.
+void BM_ApplySteady(benchmark::State& state) {
+  const bool now = state.range(0) == 1;
+  const size_t n = 20000;
+  auto conn = adapters::pg_client::connect(env().pg.url(), 5000ms);
+  const auto& spec = rollup_specs()[1];
+  const std::string schema = now ? "public" : "before_fillfactor";
+  if (!now) {
+    (void)conn->exec("CREATE SCHEMA IF NOT EXISTS before_fillfactor");
+    (void)conn->exec(adapters::rollup_table_ddl(schema, spec));
+  }
+  (void)conn->exec("TRUNCATE " + adapters::qualified_table(schema, spec.table));
+  auto rows = daily_rows(n, 1);
+  const std::string data = adapters::stage_copy_data(spec, rows);
+  auto params = adapters::upsert_params(spec, rows);
+  auto apply = [&]() -> bool {
+    if (!conn->exec(now ? "BEGIN; " + adapters::stage_table_ddl(spec) : std::string("BEGIN")))
+      return false;
+    auto r = now ? adapters::stage_rows(*conn, spec, data) : adapters::upsert_rows(*conn, schema, spec, params);
+    if (r && now)
+      r = adapters::upsert_staged(*conn, schema, spec);
+    if (!r || r->affected != static_cast<long>(n)) {
+      (void)conn->exec("ROLLBACK");
+      return false;
+    }
+    return conn->exec("COMMIT").ok();
+  };
+  if (!apply()) {
+    state.SkipWithError("the first apply failed");
+    return;
+  }
+  for (auto _ : state)
+    if (!apply())
+      state.SkipWithError("an apply failed");
+  // Share of this table's updates Postgres made HOT (its statistics lag by
+  // up to a second, so this is approximate).
+  auto hot = conn->exec("SELECT n_tup_hot_upd::float8 / greatest(n_tup_upd, 1) FROM pg_stat_user_tables WHERE relid = '"
+                        + adapters::qualified_table(schema, spec.table) + "'::regclass");
+  if (hot && !hot->rows.empty())
+    state.counters["hot_share"] = std::atof(hot->rows[0][0].c_str());
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * n));
+}
+BENCHMARK(BM_ApplySteady)->Arg(0)->Arg(1)->Iterations(8)->Unit(benchmark::kMillisecond)->UseRealTime();
+
 // What a flush without deadlock priority pays for never waiting on a row a
 // foreign writer holds: the SKIP LOCKED pass over the staged entity totals
 // (arg 1) beside the same staged upsert without it (arg 0). Every row
