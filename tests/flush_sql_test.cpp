@@ -11,10 +11,12 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <map>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 using namespace std::chrono_literals;
@@ -240,6 +242,42 @@ TEST(FlushSql, RowHeldByAnotherWriterIsDeferredNotWaitedFor) {
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(*again, 0);
   EXPECT_EQ(f.requests_by_id()["b"], "2/0.000000112");
+}
+
+// Any instance may apply deferred increments (a new leader applies what an
+// old one deferred, and an old one may still be finishing): however many
+// run at once, each increment is added exactly once.
+TEST(FlushSql, DeferredIncrementsApplyExactlyOnceWithConcurrentAppliers) {
+  fixture f("defer_race");
+  const std::vector<std::string> ids = {"a", "b", "c", "d", "e"};
+  ASSERT_TRUE(f.flush({spend_batch("r:1", ids, 1)}).ok());
+  ASSERT_TRUE(f.pg.exec("INSERT INTO " + f.schema + ".tally_spend_deferred (entity_type, scope, entity_id, spend, "
+                        "prompt_tokens, completion_tokens, cache_read_tokens, cache_creation_tokens, requests, "
+                        "successful_requests, failed_requests) SELECT 'key', '', chr(97 + g % 5), 0.000000001, 0, 0, "
+                        "0, 0, 1, 1, 0 FROM generate_series(1, 600) g")
+                .ok());
+  std::atomic<long> applied{0};
+  std::vector<std::thread> appliers;
+  for (int t = 0; t < 3; ++t)
+    appliers.emplace_back([&] {
+      auto pg = connect_or_die();
+      for (;;) {
+        auto n = adapters::apply_deferred(pg, f.schema, 50, 5000ms);
+        if (!n.ok()) {
+          ADD_FAILURE() << n.error().message;
+          return;
+        }
+        applied += *n;
+        if (*n == 0)
+          return;
+      }
+    });
+  for (auto& t : appliers)
+    t.join();
+  EXPECT_EQ(applied.load(), 600);
+  for (const auto& [id, v] : f.requests_by_id())
+    EXPECT_EQ(v, "121/0.000000121") << id;
+  EXPECT_EQ(scalar(f.pg, "SELECT count(*) FROM " + f.schema + ".tally_spend_deferred"), "0");
 }
 
 TEST(FlushSql, PruneDeletesOldIdsInBoundedBatchesAndSkipsLockedRows) {
