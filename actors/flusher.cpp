@@ -430,7 +430,7 @@ cycle_result drain_others(flusher_actor* self) {
 /// per cycle. Failing here fails no flush and holds up no stop: they are
 /// committed already, reads count them where they are, and a later cycle
 /// (of this leader or the next) applies them.
-cycle_result apply_deferred(flusher_actor* self) {
+cycle_result deferred_cycle(flusher_actor* self) {
   auto& st = self->state;
   if (!st.deferred_left || !st.leading)
     return cycle_result::drained;
@@ -463,7 +463,7 @@ cycle_result full_cycle(flusher_actor* self) {
   r = drain_others(self);
   if (r != cycle_result::drained)
     return r;
-  return apply_deferred(self);
+  return deferred_cycle(self);
 }
 
 /// Runs a cycle and arms the timer for the next one.

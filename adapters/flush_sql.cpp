@@ -88,6 +88,35 @@ std::chrono::milliseconds priority_deadlock_timeout(const flush_settings& st) {
 // (and is retried as a whole by the caller, with backoff).
 constexpr int upsert_lock_attempts = 100;
 
+// "t.k0 = s.k0 AND ..." over the key columns.
+std::string key_match(const rollup_spec& spec, const std::string& a, const std::string& b) {
+  std::string out;
+  for (const auto& k : spec.key_columns())
+    out += (out.empty() ? "" : " AND ") + a + "." + quote_identifier(k) + " = " + b + "." + quote_identifier(k);
+  return out;
+}
+
+// The key columns, then the measure columns, comma-separated.
+std::string column_list(const rollup_spec& spec, const std::string& prefix) {
+  std::string out;
+  for (const auto& c : spec.key_columns())
+    out += (out.empty() ? "" : ", ") + prefix + quote_identifier(c);
+  for (const auto& c : spec.measure_columns())
+    out += ", " + prefix + quote_identifier(c);
+  return out;
+}
+
+// The tail every upsert into a rollup (aliased t) shares: an existing row
+// gets the measures added.
+std::string on_conflict_add(const rollup_spec& spec) {
+  std::string conflict, updates;
+  for (const auto& k : spec.key_columns())
+    conflict += (conflict.empty() ? "" : ", ") + quote_identifier(k);
+  for (const auto& m : spec.measure_columns())
+    updates += quote_identifier(m) + " = t." + quote_identifier(m) + " + EXCLUDED." + quote_identifier(m) + ", ";
+  return " ON CONFLICT (" + conflict + ") DO UPDATE SET " + updates + "updated_at = now()";
+}
+
 error_info with_context(const error_info& e, const std::string& what) {
   return {e.code, what + ": " + e.message, e.sqlstate};
 }
@@ -154,7 +183,7 @@ std::string format_nano_units(__int128 nanos) {
 std::string upsert_sql(const std::string& schema, const rollup_spec& spec) {
   auto keys = spec.key_columns();
   auto measures = spec.measure_columns();
-  std::string cols, select, arrays, aliases, conflict, updates;
+  std::string cols, select, arrays, aliases;
   int param = 1;
   for (size_t i = 0; i < keys.size(); ++i) {
     std::string col = quote_identifier(keys[i]);
@@ -165,7 +194,6 @@ std::string upsert_sql(const std::string& schema, const rollup_spec& spec) {
     arrays += (param > 1 ? ", $" : "$") + std::to_string(param) + "::text[]";
     ++param;
     aliases += alias + ", ";
-    conflict += (i ? ", " : "") + col;
   }
   for (size_t i = 0; i < measures.size(); ++i) {
     std::string col = quote_identifier(measures[i]);
@@ -175,13 +203,12 @@ std::string upsert_sql(const std::string& schema, const rollup_spec& spec) {
     arrays += ", $" + std::to_string(param++) + "::"
               + (spec.measures[i] == measure::spend ? "numeric(38,9)" : "bigint") + "[]";
     aliases += alias + ", ";
-    updates += col + " = t." + col + " + EXCLUDED." + col + ", ";
   }
   // The arrays arrive sorted by key; ORDER BY ordinality keeps that order
   // (the lock order) without making Postgres sort again.
   return "INSERT INTO " + qualified_table(schema, spec.table) + " AS t (" + cols + "updated_at) SELECT " + select
          + "now() FROM unnest(" + arrays + ") WITH ORDINALITY AS u(" + aliases + "ord) ORDER BY u.ord"
-         + " ON CONFLICT (" + conflict + ") DO UPDATE SET " + updates + "updated_at = now()";
+         + on_conflict_add(spec);
 }
 
 std::vector<std::string> upsert_params(const rollup_spec& spec, const std::vector<merged_row>& rows) {
@@ -268,23 +295,11 @@ std::string stage_copy_data(const rollup_spec& spec, const std::vector<merged_ro
 }
 
 std::string staged_upsert_sql(const std::string& schema, const rollup_spec& spec) {
-  auto keys = spec.key_columns();
-  auto measures = spec.measure_columns();
-  std::string cols, conflict, updates;
-  for (size_t i = 0; i < keys.size(); ++i) {
-    cols += quote_identifier(keys[i]) + ", ";
-    conflict += (i ? ", " : "") + quote_identifier(keys[i]);
-  }
-  for (const auto& m : measures) {
-    std::string col = quote_identifier(m);
-    cols += col + ", ";
-    updates += col + " = t." + col + " + EXCLUDED." + col + ", ";
-  }
+  const std::string cols = column_list(spec, "");
   // ORDER BY ord: the key order of the merge, so the lock order; Postgres
   // would otherwise be free to read the staging table in any order.
-  return "INSERT INTO " + qualified_table(schema, spec.table) + " AS t (" + cols + "updated_at) SELECT " + cols
-         + "now() FROM " + stage_table(spec) + " ORDER BY ord ON CONFLICT (" + conflict + ") DO UPDATE SET "
-         + updates + "updated_at = now()";
+  return "INSERT INTO " + qualified_table(schema, spec.table) + " AS t (" + cols + ", updated_at) SELECT " + cols
+         + ", now() FROM " + stage_table(spec) + " ORDER BY ord" + on_conflict_add(spec);
 }
 
 result<pg_rows> stage_rows(pg_client& pg, const rollup_spec& spec, const std::string& copy_data) {
@@ -294,26 +309,6 @@ result<pg_rows> stage_rows(pg_client& pg, const rollup_spec& spec, const std::st
 result<pg_rows> upsert_staged(pg_client& pg, const std::string& schema, const rollup_spec& spec) {
   return pg.exec(staged_upsert_sql(schema, spec));
 }
-
-namespace {
-
-std::string key_match(const rollup_spec& spec, const std::string& a, const std::string& b) {
-  std::string out;
-  for (const auto& k : spec.key_columns())
-    out += (out.empty() ? "" : " AND ") + a + "." + quote_identifier(k) + " = " + b + "." + quote_identifier(k);
-  return out;
-}
-
-std::string column_list(const rollup_spec& spec, const std::string& prefix) {
-  std::string out;
-  for (const auto& c : spec.key_columns())
-    out += (out.empty() ? "" : ", ") + prefix + quote_identifier(c);
-  for (const auto& c : spec.measure_columns())
-    out += ", " + prefix + quote_identifier(c);
-  return out;
-}
-
-} // namespace
 
 std::string defer_locked_sql(const std::string& schema, const rollup_spec& spec) {
   const std::string table = qualified_table(schema, spec.table);
@@ -331,16 +326,10 @@ std::string defer_locked_sql(const std::string& schema, const rollup_spec& spec)
 
 std::string apply_deferred_sql(const std::string& schema, const rollup_spec& spec) {
   const std::string deferred = qualified_table(schema, spec.table + "_deferred");
-  std::string conflict, updates;
-  for (const auto& k : spec.key_columns())
-    conflict += (conflict.empty() ? "" : ", ") + quote_identifier(k);
-  for (const auto& m : spec.measure_columns())
-    updates += quote_identifier(m) + " = t." + quote_identifier(m) + " + EXCLUDED." + quote_identifier(m) + ", ";
   return "WITH d AS (DELETE FROM " + deferred + " WHERE id = (SELECT id FROM " + deferred
          + " ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING " + column_list(spec, "") + ") INSERT INTO "
          + qualified_table(schema, spec.table) + " AS t (" + column_list(spec, "") + ", updated_at) SELECT "
-         + column_list(spec, "") + ", now() FROM d ON CONFLICT (" + conflict + ") DO UPDATE SET " + updates
-         + "updated_at = now() RETURNING 1";
+         + column_list(spec, "") + ", now() FROM d" + on_conflict_add(spec) + " RETURNING 1";
 }
 
 result<long> apply_deferred(pg_client& pg, const std::string& schema, long limit,
