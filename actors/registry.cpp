@@ -117,7 +117,10 @@ caf::behavior registry_behavior(registry_actor* self, flush_context_ptr ctx) {
   st.redis = redis_link(*st.ctx->fleet, "registry", st.ctx->cfg.redis_timeout);
   st.host = host_name();
   self->send(st.ctx->fleet->failover(), subscribe_atom::value);
-  self->send(self, beat_atom::value, uint64_t{0});
+  // The first heartbeat before any request: a cluster view asked for right
+  // after start already lists this instance.
+  beat(self);
+  self->delayed_send(self, st.ctx->cfg.lease_ttl / 3, beat_atom::value, ++st.timer_generation);
   return {
     [=](beat_atom, uint64_t gen) {
       auto& s = self->state;

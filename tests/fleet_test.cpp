@@ -478,6 +478,42 @@ struct fleet_run {
 
 } // namespace
 
+// start() returns with the active database chosen: the first thing an
+// operator or the first heartbeat asks of Redis must not meet "no healthy
+// redis database" only because the process is a millisecond old. A
+// database that refuses connections gets its verdict just as fast, so it
+// does not hold start() for the probe timeout.
+TEST(Fleet, StartReturnsWithTheActiveDatabaseChosen) {
+  redis_server up, down;
+  down.stop();
+  for (int round = 0; round < 5; ++round) {
+    config cfg;
+    cfg.ns = ns;
+    cfg.instance_id = "starter-" + std::to_string(round);
+    cfg.redis_urls = {down.url() + "?weight=2", up.url() + "?weight=1"};
+    cfg.shards = 1;
+    cfg.redis_timeout = 5000ms;
+    cfg.health_check_timeout = 5000ms;
+    cfg.state_dir = temp_dir("tally-state-");
+    runtime rt;
+    auto t0 = steady::now();
+    ASSERT_EQ(rt.start(cfg), "");
+    EXPECT_LT(steady::now() - t0, 4000ms) << "a refused connect held start() for the probe timeout";
+    auto dbs = rt.redis_databases();
+    ASSERT_EQ(dbs.size(), 2u);
+    EXPECT_EQ(dbs[0].state, "open");
+    EXPECT_FALSE(dbs[0].active);
+    EXPECT_EQ(dbs[1].state, "closed");
+    EXPECT_TRUE(dbs[1].active);
+    auto view = rt.cluster();
+    EXPECT_EQ(view.error, "");
+    EXPECT_TRUE(std::any_of(view.instances.begin(), view.instances.end(),
+                            [&](const instance_info& i) { return i.id == cfg.instance_id; }))
+      << "the first heartbeat did not reach the active database";
+    rt.stop();
+  }
+}
+
 // The active database (A, weight 2) is killed with SIGKILL in the middle of
 // the stream and never comes back. Every process switches to B (weight 1)
 // at once; what A held (batches, inflight lists, applied sets) is gone, and

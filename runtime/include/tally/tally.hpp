@@ -292,7 +292,11 @@ public:
   runtime& operator=(const runtime&) = delete;
 
   /// Validates `cfg`, starts the actor system and every actor. Returns an
-  /// empty string on success, else a message naming the problem.
+  /// empty string on success, else a message naming the problem. Returns
+  /// once every Redis database had its first health check (one PING, at
+  /// most `redis_timeout` + `health_check_timeout`), so a reachable Redis is
+  /// already the active database; an unreachable one does not fail start:
+  /// batches go to the spill journal until one answers.
   std::string start(const config& cfg);
 
   /// Validates and enqueues one event. Never blocks. errc::ok when taken;
