@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <unistd.h>
+#include <string_view>
 #include <unordered_map>
 
 namespace tally::adapters {
@@ -52,21 +53,6 @@ std::string i128_text(__int128 v) {
   if (negative)
     buf[--at] = '-';
   return std::string(buf + at, sizeof buf - at);
-}
-
-// Key texts never hold control characters (ids are validated), so joining
-// with \x01 gives a string whose byte order is the tuple's order.
-std::string joined_key(const std::vector<std::string>& keys) {
-  size_t size = keys.size();
-  for (const auto& k : keys)
-    size += k.size();
-  std::string out;
-  out.reserve(size);
-  for (const auto& k : keys) {
-    out += k;
-    out.push_back('\x01');
-  }
-  return out;
 }
 
 int spec_index(const std::string& table) {
@@ -144,31 +130,132 @@ std::string check_batch_shape(const batch& b) {
   return {};
 }
 
+namespace {
+
+/// One table's merge. Every key text is numbered once per column (a
+/// string_view into the batches, no copy); a row is then its column
+/// numbers, so finding a repeated row hashes and compares integers, and the
+/// lock-order sort compares ranks: the distinct texts of each column are
+/// sorted once, not once per row comparison.
+class table_merger {
+public:
+  table_merger(size_t key_count, size_t measure_count, size_t rows_in)
+    : keys_(key_count), measures_(measure_count), dicts_(key_count), texts_(key_count) {
+    size_t capacity = 16;
+    while (capacity < rows_in * 2)
+      capacity *= 2;
+    slots_.assign(capacity, 0);
+    ids_.reserve(rows_in * keys_);
+    sums_.reserve(rows_in * measures_);
+  }
+
+  void add(const batch_row& row) {
+    if (scratch_.size() != keys_)
+      scratch_.resize(keys_);
+    uint64_t h = 0x9e3779b97f4a7c15ull;
+    for (size_t c = 0; c < keys_; ++c) {
+      std::string_view text = row.keys[c];
+      auto [it, fresh] = dicts_[c].try_emplace(text, static_cast<uint32_t>(texts_[c].size()));
+      if (fresh)
+        texts_[c].push_back(text);
+      scratch_[c] = it->second;
+      h = (h ^ it->second) * 0x100000001b3ull;
+      h ^= h >> 29;
+    }
+    const size_t mask = slots_.size() - 1;
+    for (size_t at = static_cast<size_t>(h) & mask;; at = (at + 1) & mask) {
+      uint32_t n = slots_[at];
+      if (n == 0) {
+        slots_[at] = static_cast<uint32_t>(rows_ + 1);
+        ids_.insert(ids_.end(), scratch_.begin(), scratch_.end());
+        sums_.insert(sums_.end(), row.values.begin(), row.values.end());
+        ++rows_;
+        return;
+      }
+      if (std::equal(scratch_.begin(), scratch_.end(), ids_.begin() + static_cast<std::ptrdiff_t>((n - 1) * keys_))) {
+        __int128* sum = &sums_[(n - 1) * measures_];
+        for (size_t m = 0; m < measures_; ++m)
+          sum[m] += row.values[m];
+        return;
+      }
+    }
+  }
+
+  /// The merged rows, sorted by their key texts.
+  std::vector<merged_row> finish() {
+    // rank[c][id]: the place of that text among the column's distinct texts.
+    std::vector<std::vector<uint32_t>> rank(keys_);
+    for (size_t c = 0; c < keys_; ++c) {
+      std::vector<uint32_t> order(texts_[c].size());
+      for (uint32_t i = 0; i < order.size(); ++i)
+        order[i] = i;
+      const auto& texts = texts_[c];
+      std::sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) { return texts[a] < texts[b]; });
+      rank[c].resize(order.size());
+      for (uint32_t r = 0; r < order.size(); ++r)
+        rank[c][order[r]] = r;
+    }
+    for (size_t i = 0; i < ids_.size(); ++i)
+      ids_[i] = rank[i % keys_][ids_[i]];
+    std::vector<uint32_t> order(rows_);
+    for (uint32_t i = 0; i < rows_; ++i)
+      order[i] = i;
+    std::sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) {
+      const uint32_t* x = &ids_[a * keys_];
+      const uint32_t* y = &ids_[b * keys_];
+      for (size_t c = 0; c < keys_; ++c)
+        if (x[c] != y[c])
+          return x[c] < y[c];
+      return false;
+    });
+    // Ranks back to texts: sorted texts per column.
+    for (size_t c = 0; c < keys_; ++c)
+      std::sort(texts_[c].begin(), texts_[c].end());
+    std::vector<merged_row> out(rows_);
+    for (size_t i = 0; i < rows_; ++i) {
+      const uint32_t* key = &ids_[order[i] * keys_];
+      auto& row = out[i];
+      row.keys.reserve(keys_);
+      for (size_t c = 0; c < keys_; ++c)
+        row.keys.emplace_back(texts_[c][key[c]]);
+      const __int128* sum = &sums_[order[i] * measures_];
+      row.values.assign(sum, sum + measures_);
+    }
+    return out;
+  }
+
+private:
+  size_t keys_, measures_, rows_ = 0;
+  std::vector<std::unordered_map<std::string_view, uint32_t>> dicts_;
+  std::vector<std::vector<std::string_view>> texts_;  // per column, by number
+  std::vector<uint32_t> slots_;  // merged row number + 1; 0 = empty
+  std::vector<uint32_t> ids_;    // keys_ numbers per merged row
+  std::vector<__int128> sums_;   // measures_ sums per merged row
+  std::vector<uint32_t> scratch_;
+};
+
+} // namespace
+
 merged_tables merge_batches(const std::vector<const batch*>& batches) {
   const auto& specs = rollup_specs();
   merged_tables out(specs.size());
-  std::vector<std::unordered_map<std::string, size_t>> index(specs.size());
+  std::vector<size_t> rows_in(specs.size());
   for (const batch* b : batches)
-    for (const auto& t : b->tables) {
-      int s = spec_index(t.name);
-      if (s < 0)
-        continue;  // excluded by check_batch_shape before we get here
-      auto& rows = out[s];
-      for (const auto& row : t.rows) {
-        auto [it, fresh] = index[s].try_emplace(joined_key(row.keys), rows.size());
-        if (fresh) {
-          rows.push_back({row.keys, row.values});
-        } else {
-          auto& sum = rows[it->second].values;
-          for (size_t m = 0; m < sum.size(); ++m)
-            sum[m] += row.values[m];
-        }
-      }
-    }
-  // One global lock order for every flush: table (spec order), then key.
-  for (auto& rows : out)
-    std::sort(rows.begin(), rows.end(),
-              [](const merged_row& a, const merged_row& b) { return a.keys < b.keys; });
+    for (const auto& t : b->tables)
+      if (int s = spec_index(t.name); s >= 0)
+        rows_in[static_cast<size_t>(s)] += t.rows.size();
+  for (size_t s = 0; s < specs.size(); ++s) {
+    if (rows_in[s] == 0)
+      continue;
+    table_merger merger(specs[s].key_columns().size(), specs[s].measure_columns().size(), rows_in[s]);
+    for (const batch* b : batches)
+      for (const auto& t : b->tables)
+        if (spec_index(t.name) == static_cast<int>(s))  // others are excluded by check_batch_shape
+          for (const auto& row : t.rows)
+            merger.add(row);
+    // One global lock order for every flush: table (spec order), then key.
+    out[s] = merger.finish();
+  }
   return out;
 }
 

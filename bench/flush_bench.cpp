@@ -8,6 +8,11 @@
 //    2 = COPY into a temporary staging table, then one INSERT ... SELECT
 //    ORDER BY ord (what tally uses: adapters/flush_sql.hpp). Each includes
 //    building its parameters or COPY data from the merged rows.
+//  * BM_Merge/<impl>: the flusher's merge of decoded batches into one
+//    sorted row set per table (adapters::merge_batches), on 33 batches of
+//    3,000 generated events each (about 300,000 rows before merging, as one
+//    full flush chunk of the three-instance flush test). impl 0 = the merge
+//    before (a joined key string per row, every row copied), 1 = tally's.
 //  * BM_FlushWhilePruning/<prune>: latency of small flushes (flush_batches,
 //    100 tally_spend rows each) with prune=1 while the pruner's bounded
 //    batches (same size and pacing as actors/pruner) delete 1,000,000
@@ -27,6 +32,7 @@
 #include "adapters/pg_schema.hpp"
 #include "tally/tally.hpp"
 #include "tests/harness/servers.hpp"
+#include "tests/support/workload.hpp"
 
 #include <benchmark/benchmark.h>
 
@@ -36,6 +42,7 @@
 #include <memory>
 #include <random>
 #include <thread>
+#include <unordered_map>
 
 using namespace tally;
 using namespace std::chrono_literals;
@@ -149,6 +156,109 @@ void BM_Upsert(benchmark::State& state) {
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * n));
 }
 BENCHMARK(BM_Upsert)->ArgsProduct({{0, 1, 2}, {1000, 20000}})->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// Batches as the writer builds them: `count` batches of `events` generated
+// events each, every one rolled up on its own (so rows repeat across
+// batches, as they do across instances and intervals).
+std::vector<adapters::batch> generated_batches(size_t count, uint64_t events) {
+  std::vector<adapters::batch> out;
+  for (size_t b = 0; b < count; ++b) {
+    testing::rollup_rows rows;
+    for (uint64_t i = b * events; i < (b + 1) * events; ++i)
+      testing::add_reference(rows, testing::generate(7, i));
+    adapters::batch batch;
+    batch.id = "bench:" + std::to_string(b);
+    for (const auto& spec : rollup_specs()) {
+      adapters::batch_table t;
+      t.name = spec.table;
+      t.key_columns = spec.key_columns();
+      t.measure_columns = spec.measure_columns();
+      for (const auto& [keys, values] : rows[spec.table])
+        t.rows.push_back({keys, values});
+      batch.tables.push_back(std::move(t));
+    }
+    out.push_back(std::move(batch));
+  }
+  return out;
+}
+
+// The merge as it was: a joined key string per row, each first row copied.
+adapters::merged_tables merge_before(const std::vector<const adapters::batch*>& batches) {
+  const auto& specs = rollup_specs();
+  adapters::merged_tables out(specs.size());
+  std::vector<std::unordered_map<std::string, size_t>> index(specs.size());
+  for (const auto* b : batches)
+    for (const auto& t : b->tables) {
+      size_t s = 0;
+      while (s < specs.size() && specs[s].table != t.name)
+        ++s;
+      auto& rows = out[s];
+      for (const auto& row : t.rows) {
+        std::string joined;
+        for (const auto& k : row.keys) {
+          joined += k;
+          joined.push_back('\x01');
+        }
+        auto [it, fresh] = index[s].try_emplace(std::move(joined), rows.size());
+        if (fresh) {
+          rows.push_back({row.keys, row.values});
+        } else {
+          auto& sum = rows[it->second].values;
+          for (size_t m = 0; m < sum.size(); ++m)
+            sum[m] += row.values[m];
+        }
+      }
+    }
+  for (auto& rows : out)
+    std::sort(rows.begin(), rows.end(),
+              [](const adapters::merged_row& a, const adapters::merged_row& b) { return a.keys < b.keys; });
+  return out;
+}
+
+void BM_Merge(benchmark::State& state) {
+  const bool now = state.range(0) == 1;
+  static const auto batches = generated_batches(33, 3000);
+  std::vector<const adapters::batch*> ptrs;
+  size_t in = 0;
+  for (const auto& b : batches) {
+    ptrs.push_back(&b);
+    in += b.row_count();
+  }
+  size_t merged = 0;
+  for (auto _ : state) {
+    auto out = now ? adapters::merge_batches(ptrs) : merge_before(ptrs);
+    merged = 0;
+    for (const auto& rows : out)
+      merged += rows.size();
+    benchmark::DoNotOptimize(out);
+  }
+  state.counters["rows_in"] = static_cast<double>(in);
+  state.counters["rows_out"] = static_cast<double>(merged);
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * in));
+}
+BENCHMARK(BM_Merge)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// The COPY text of the same merged rows (the rest of a flush's preparation).
+void BM_CopyData(benchmark::State& state) {
+  static const auto batches = generated_batches(33, 3000);
+  std::vector<const adapters::batch*> ptrs;
+  for (const auto& b : batches)
+    ptrs.push_back(&b);
+  const auto merged = adapters::merge_batches(ptrs);
+  size_t rows = 0, bytes = 0;
+  for (auto _ : state) {
+    rows = bytes = 0;
+    for (size_t s = 0; s < merged.size(); ++s) {
+      auto data = adapters::stage_copy_data(rollup_specs()[s], merged[s]);
+      bytes += data.size();
+      rows += merged[s].size();
+      benchmark::DoNotOptimize(data);
+    }
+  }
+  state.counters["bytes"] = static_cast<double>(bytes);
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * rows));
+}
+BENCHMARK(BM_CopyData)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 // The apply as it runs day after day: the same 20,000 tally_daily rows
 // flushed again and again (one committed transaction per iteration, after

@@ -17,6 +17,7 @@
 #include <cstring>
 #include <new>
 #include <limits>
+#include <map>
 #include <random>
 
 #define XXH_INLINE_ALL
@@ -335,4 +336,62 @@ TEST(BatchCodec, ForgedDamageStaysBounded) {
   }
   std::cout << "forged damage: at most " << worst << " bytes allocated per input byte\n";
   EXPECT_LT(worst, 200u) << "bytes allocated per input byte";
+}
+
+// The flusher's merge sums every repeated row, whatever batch and place it
+// comes from, and returns each table sorted by its key texts in byte order
+// (the lock order). Key texts are drawn from small pools that include "",
+// prefixes of each other, bytes above 0x7f and the same text in different
+// columns, so a merge that confused columns, numbered texts wrongly or
+// sorted by anything but the texts would differ from the std::map here.
+TEST(MergeBatches, SumsRepeatsAndSortsByKeyTexts) {
+  const std::vector<std::string> pool = {"", "a", "ab", "abc", "b", "\xc3\xa9", "2026-11-22", "user", "z"};
+  std::mt19937_64 rng(11);
+  const auto& specs = rollup_specs();
+  std::vector<std::map<std::vector<std::string>, std::vector<__int128>>> want(specs.size());
+  std::vector<adapters::batch> batches(12);
+  size_t rows_in = 0;
+  for (size_t b = 0; b < batches.size(); ++b) {
+    batches[b].id = "m:" + std::to_string(b);
+    for (size_t s = 0; s < specs.size(); ++s) {
+      adapters::batch_table t;
+      t.name = specs[s].table;
+      t.key_columns = specs[s].key_columns();
+      t.measure_columns = specs[s].measure_columns();
+      size_t n = rng() % 300;
+      for (size_t r = 0; r < n; ++r) {
+        adapters::batch_row row;
+        for (size_t c = 0; c < t.key_columns.size(); ++c)
+          row.keys.push_back(pool[rng() % (c < 2 ? 3 : pool.size())]);
+        for (size_t m = 0; m < t.measure_columns.size(); ++m)
+          row.values.push_back(static_cast<__int128>(rng() % 1000) - 200);
+        auto& sum = want[s][row.keys];
+        sum.resize(row.values.size());
+        for (size_t m = 0; m < row.values.size(); ++m)
+          sum[m] += row.values[m];
+        t.rows.push_back(std::move(row));
+      }
+      rows_in += n;
+      if (n > 0 || b % 2 == 0)
+        batches[b].tables.push_back(std::move(t));
+    }
+  }
+  std::vector<const adapters::batch*> ptrs;
+  for (const auto& b : batches)
+    ptrs.push_back(&b);
+  auto merged = adapters::merge_batches(ptrs);
+  ASSERT_EQ(merged.size(), specs.size());
+  size_t rows_out = 0;
+  for (size_t s = 0; s < specs.size(); ++s) {
+    ASSERT_EQ(merged[s].size(), want[s].size()) << specs[s].table;
+    size_t i = 0;
+    for (const auto& [keys, values] : want[s]) {
+      EXPECT_EQ(merged[s][i].keys, keys) << specs[s].table << " row " << i;
+      EXPECT_TRUE(merged[s][i].values == values) << specs[s].table << " row " << i;
+      ++i;
+    }
+    rows_out += merged[s].size();
+  }
+  EXPECT_LT(rows_out, rows_in) << "the pools are small: rows must repeat";
+  EXPECT_TRUE(adapters::merge_batches({})[0].empty());
 }

@@ -251,8 +251,10 @@ TEST(Flush, StoppingLeaderRetakingTheLeaseDrainsOn) {
 // The last instance to stop drains what is left in Redis, even when the
 // stop comes before its first health check judged Redis (a stop right after
 // a start): it waits for that verdict instead of finding "no healthy
-// database" and leaving. Forced: the first health round pauses 1.5 s
-// (pausing failpoint) and SIGTERM arrives meanwhile.
+// database" and leaving. Forced: the first health round pauses 2.5 s
+// (pausing failpoint), longer than start() waits for it (flush_node: 0.5 s
+// redis_timeout + 1 s health_check_timeout) and shorter than the stop's
+// own wait, and SIGTERM is already queued when start() returns.
 TEST(Flush, StopBeforeTheFirstHealthVerdictStillDrains) {
   redis_server redis;
   postgres_server pg;
@@ -263,7 +265,7 @@ TEST(Flush, StopBeforeTheFirstHealthVerdictStillDrains) {
   ASSERT_GT(redis_int(redis, {"LLEN", key("batches")}), 0);
 
   auto& node = ps.start("early-stop", node_args(redis.url(), pg.url(), "early-stop"),
-                        {"TALLY_FAILPOINT=health_before_round", "TALLY_FAILPOINT_PAUSE_MS=1500"});
+                        {"TALLY_FAILPOINT=health_before_round", "TALLY_FAILPOINT_PAUSE_MS=2500"});
   ASSERT_TRUE(wait_for([&] { return contains(node.log, "failpoint health_before_round: pausing"); }, 30s))
     << slurp(node.log);
   node.signal(SIGTERM);
