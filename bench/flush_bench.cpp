@@ -13,6 +13,9 @@
 //    3,000 generated events each (about 300,000 rows before merging, as one
 //    full flush chunk of the three-instance flush test). impl 0 = the merge
 //    before (a joined key string per row, every row copied), 1 = tally's.
+//  * BM_Decode, BM_CopyData: the steps around it on the same batches:
+//    decoding them from their stage-1 bytes, and the COPY text of the
+//    merged rows.
 //  * BM_FlushWhilePruning/<prune>: latency of small flushes (flush_batches,
 //    100 tally_spend rows each) with prune=1 while the pruner's bounded
 //    batches (same size and pacing as actors/pruner) delete 1,000,000
@@ -237,6 +240,29 @@ void BM_Merge(benchmark::State& state) {
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * in));
 }
 BENCHMARK(BM_Merge)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// Decoding the same batches from their stage-1 bytes (the flusher's step
+// before the merge).
+void BM_Decode(benchmark::State& state) {
+  static const auto batches = generated_batches(33, 3000);
+  std::vector<std::string> encoded;
+  size_t rows = 0, bytes = 0;
+  for (const auto& b : batches) {
+    encoded.push_back(adapters::encode_batch(b));
+    rows += b.row_count();
+    bytes += encoded.back().size();
+  }
+  for (auto _ : state)
+    for (const auto& e : encoded) {
+      auto b = adapters::decode_batch(e, adapters::check_table_shape);
+      if (!b)
+        state.SkipWithError("decode failed");
+      benchmark::DoNotOptimize(b);
+    }
+  state.counters["bytes"] = static_cast<double>(bytes);
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * rows));
+}
+BENCHMARK(BM_Decode)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 // The COPY text of the same merged rows (the rest of a flush's preparation).
 void BM_CopyData(benchmark::State& state) {

@@ -75,10 +75,7 @@ long long ms_between(steady::time_point from, steady::time_point to) {
 }
 
 rollup_rows reference(uint64_t from, uint64_t to) {
-  rollup_rows rows;
-  for (uint64_t i = from; i < to; ++i)
-    add_reference(rows, generate(seed, i));
-  return rows;
+  return reference_range(seed, from, to);
 }
 
 std::string key(const std::string& suffix) {

@@ -49,10 +49,7 @@ bool contains(const std::string& path, const std::string& text) {
 }
 
 rollup_rows reference(uint64_t from, uint64_t to) {
-  rollup_rows rows;
-  for (uint64_t i = from; i < to; ++i)
-    add_reference(rows, generate(seed, i));
-  return rows;
+  return reference_range(seed, from, to);
 }
 
 long long redis_int(const redis_server& redis, std::vector<std::string> args) {

@@ -203,10 +203,7 @@ size_t count_of(const std::string& hay, const std::string& needle) {
 }
 
 rollup_rows reference(uint64_t seed, uint64_t from, uint64_t to) {
-  rollup_rows rows;
-  for (uint64_t i = from; i < to; ++i)
-    add_reference(rows, generate(seed, i));
-  return rows;
+  return reference_range(seed, from, to);
 }
 
 void expect_exact(const stage1_contents& got, const rollup_rows& expected) {

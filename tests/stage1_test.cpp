@@ -22,10 +22,7 @@ using namespace std::chrono_literals;
 namespace {
 
 rollup_rows reference(uint64_t seed, uint64_t from, uint64_t to) {
-  rollup_rows rows;
-  for (uint64_t i = from; i < to; ++i)
-    add_reference(rows, generate(seed, i));
-  return rows;
+  return reference_range(seed, from, to);
 }
 
 std::string slurp(const std::string& path) {

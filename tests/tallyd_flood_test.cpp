@@ -90,8 +90,9 @@ TEST_F(Flood, DistinctKeysEndInRefusalsWithinTheMemoryBound) {
     EXPECT_EQ(replies, per_round) << "every command gets a reply";
     accepted += replies - errors;
     refused += errors;
-    if (r == 0)
+    if (r == 0) {
       EXPECT_EQ(errors, 0) << "the first round fits the limits";
+    }
     std::printf("flood: after round %d RSS %.1f MB\n", r + 1, status_bytes(d.pid, "VmRSS") / 1e6);
     if (r == 1)  // the id table is full from here on: nothing may grow
       rss_when_full = status_bytes(d.pid, "VmRSS");

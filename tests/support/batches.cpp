@@ -32,6 +32,7 @@ stage1_contents read_stage1(const std::string& redis_url, const std::string& ns)
   if (!reply)
     throw std::runtime_error("LRANGE: " + reply.error().message);
   stage1_contents out;
+  rows_accumulator rows;
   for (auto& item : reply->elements) {
     auto b = adapters::decode_batch(item.str);
     if (!b) {
@@ -42,8 +43,11 @@ stage1_contents read_stage1(const std::string& redis_url, const std::string& ns)
     out.rows_in_batches += b->row_count();
     if (!out.ids.insert(b->id).second)
       out.duplicate_ids.push_back(b->id);
-    add_batch_rows(out.rows, *b);
+    for (const auto& t : b->tables)
+      for (const auto& r : t.rows)
+        rows.add(t.name, r.keys, r.values);
   }
+  out.rows = rows.take();
   return out;
 }
 

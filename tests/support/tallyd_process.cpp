@@ -127,10 +127,7 @@ long long metric(const std::string& text, const std::string& name) {
 }
 
 rollup_rows reference(uint64_t seed, uint64_t n) {
-  rollup_rows rows;
-  for (uint64_t i = 0; i < n; ++i)
-    add_reference(rows, generate(seed, i));
-  return rows;
+  return reference_range(seed, 0, n);
 }
 
 } // namespace tally::testing

@@ -1,10 +1,12 @@
 // tests/support/workload.cpp — see workload.hpp.
 #include "tests/support/workload.hpp"
 
+#include <algorithm>
 #include <cstdio>
 #include <ctime>
 #include <set>
 #include <sstream>
+#include <stdexcept>
 
 namespace tally::testing {
 
@@ -136,16 +138,13 @@ generated_event generate(uint64_t seed, uint64_t index) {
   return e;
 }
 
-void add_reference(rollup_rows& out, const generated_event& ev) {
+namespace {
+
+/// Every reference row of one event, through `add(table, key, values)`.
+template <class Add>
+void fan_out_reference(const generated_event& ev, Add&& add) {
   std::vector<__int128> all = {ev.spend, ev.prompt_tokens, ev.completion_tokens, ev.cache_read_tokens,
                                ev.cache_creation_tokens, 1, ev.ok ? 1 : 0, ev.ok ? 0 : 1};
-  auto add = [](table_rows& t, std::vector<std::string> key, const std::vector<__int128>& v) {
-    auto& row = t[std::move(key)];
-    if (row.empty())
-      row.assign(v.size(), 0);
-    for (size_t i = 0; i < v.size(); ++i)
-      row[i] += v[i];
-  };
   const std::string& key = ev.ids[0];
   const std::string& user = ev.ids[1];
   const std::string& team = ev.ids[2];
@@ -163,7 +162,7 @@ void add_reference(rollup_rows& out, const generated_event& ev) {
   const std::string& provider = ev.ids[8];
   const std::string& endpoint = ev.ids[9];
 
-  auto& spend = out["tally_spend"];
+  const std::string spend = "tally_spend";
   if (!key.empty()) add(spend, {"key", "", key}, all);
   if (!user.empty()) add(spend, {"user", "", user}, all);
   if (!team.empty()) add(spend, {"team", "", team}, all);
@@ -172,7 +171,7 @@ void add_reference(rollup_rows& out, const generated_event& ev) {
   if (!end_user.empty()) add(spend, {"end_user", "", end_user}, all);
   for (auto& t : tags) add(spend, {"tag", "", t}, all);
 
-  auto& daily = out["tally_daily"];
+  const std::string daily = "tally_daily";
   std::string day = day_text(ev.ts_ms);
   auto daily_row = [&](const char* type, const std::string& id) {
     if (!id.empty())
@@ -184,8 +183,83 @@ void add_reference(rollup_rows& out, const generated_event& ev) {
   daily_row("end_user", end_user);
   for (auto& t : tags) daily_row("tag", t);
 
-  add(out["tally_minute"], {minute_text(ev.ts_ms), endpoint, model},
+  add("tally_minute", {minute_text(ev.ts_ms), endpoint, model},
       {ev.prompt_tokens, ev.completion_tokens, ev.prompt_tokens + ev.completion_tokens, 1});
+}
+
+void add_into(std::vector<__int128>& row, const std::vector<__int128>& v) {
+  if (row.empty())
+    row.assign(v.size(), 0);
+  for (size_t i = 0; i < v.size() && i < row.size(); ++i)
+    row[i] += v[i];
+}
+
+} // namespace
+
+void add_reference(rollup_rows& out, const generated_event& ev) {
+  fan_out_reference(ev, [&](const std::string& table, std::vector<std::string> key, const std::vector<__int128>& v) {
+    add_into(out[table][std::move(key)], v);
+  });
+}
+
+size_t rows_accumulator::ids_hash::operator()(const ids& key) const noexcept {
+  uint64_t h = 0;
+  for (uint32_t id : key)
+    h = (h ^ id) * 0x100000001b3ull;
+  return static_cast<size_t>(h ^ (h >> 29));
+}
+
+uint32_t rows_accumulator::number(const std::string& text) {
+  auto [it, fresh] = numbers_.try_emplace(text, static_cast<uint32_t>(texts_.size()));
+  if (fresh)
+    texts_.push_back(text);
+  return it->second;
+}
+
+void rows_accumulator::add(const std::string& table_name, const std::vector<std::string>& key,
+                           const std::vector<__int128>& values) {
+  ids k{};
+  if (key.size() >= k.size())
+    throw std::invalid_argument("rows_accumulator: more than 7 key columns");
+  for (size_t c = 0; c < key.size(); ++c)
+    k[c] = number(key[c]);
+  k.back() = static_cast<uint32_t>(key.size());
+  auto& t = tables_[table_name];
+  auto [it, fresh] = t.index.try_emplace(k, t.keys.size());
+  if (fresh) {
+    t.keys.push_back(k);
+    t.values.emplace_back();
+  }
+  add_into(t.values[it->second], values);
+}
+
+void rows_accumulator::add(const generated_event& ev) {
+  fan_out_reference(ev, [&](const std::string& table, std::vector<std::string> key, const std::vector<__int128>& v) {
+    add(table, key, v);
+  });
+}
+
+rollup_rows rows_accumulator::take() {
+  rollup_rows out;
+  for (auto& [name, t] : tables_) {
+    auto& dst = out[name];
+    for (size_t r = 0; r < t.keys.size(); ++r) {
+      std::vector<std::string> key;
+      key.reserve(t.keys[r].back());
+      for (uint32_t c = 0; c < t.keys[r].back(); ++c)
+        key.push_back(texts_[t.keys[r][c]]);
+      dst.emplace(std::move(key), std::move(t.values[r]));
+    }
+  }
+  tables_.clear();
+  return out;
+}
+
+rollup_rows reference_range(uint64_t seed, uint64_t from, uint64_t to) {
+  rows_accumulator acc;
+  for (uint64_t i = from; i < to; ++i)
+    acc.add(generate(seed, i));
+  return acc.take();
 }
 
 void merge_rows(rollup_rows& a, const rollup_rows& b) {
