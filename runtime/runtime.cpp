@@ -98,6 +98,15 @@ void report_recovery(const adapters::spill_journal& j) {
 std::string open_journals(runtime::impl& p, const config& cfg, journal_set& out) {
   auto own_path = adapters::journal_path(p.journal_dir, cfg.ns, p.instance);
   auto own = adapters::spill_journal::open(own_path, cfg.journal_max_bytes);
+  // An instance starting beside us in the same state_dir may hold our new
+  // file for a moment: it looks at every journal it finds, and gives back
+  // one without records at once (below). A live owner holds it for good.
+  auto patience = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  while (!own && own.error().code == static_cast<int>(adapters::journal_errc::locked)
+         && std::chrono::steady_clock::now() < patience) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    own = adapters::spill_journal::open(own_path, cfg.journal_max_bytes);
+  }
   if (!own)
     return "option state_dir: cannot open the spill journal " + own_path + ": " + own.error().message;
   report_recovery(*own);
@@ -112,6 +121,13 @@ std::string open_journals(runtime::impl& p, const config& cfg, journal_set& out)
       if (j.error().code != static_cast<int>(adapters::journal_errc::locked))
         TALLY_ERROR("runtime", "spill journal " << path << " left alone: " << j.error().message);
       continue;  // locked: a live instance owns it
+    }
+    if (j->empty()) {
+      // Nothing to replay: an earlier process's leftover, or the new file
+      // of an instance starting right now (which waits for the lock). Gone
+      // while still locked, so that instance makes itself a fresh one.
+      (void)j->remove();
+      continue;
     }
     report_recovery(*j);
     out.adopted.push_back(std::move(*j));

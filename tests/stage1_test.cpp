@@ -4,6 +4,7 @@
 // ground truth computed independently from the generated events: spend to
 // the nano-unit, every token count, every request count, every row.
 #include "tally/tally.hpp"
+#include "adapters/spill_journal.hpp"
 #include "tests/harness/servers.hpp"
 #include "tests/support/batches.hpp"
 #include "tests/support/workload.hpp"
@@ -430,4 +431,36 @@ TEST(Stage1, BackpressureWhenFullNothingDropped) {
   ASSERT_EQ(again.start(cfg), "");
   again.stop(60s);
   expect_exact(read_stage1(redis.url(), "t"), expected);
+}
+
+// Two instances started at once in one state_dir: each looks at every
+// journal it finds for one to adopt, and may lock the other's brand-new
+// file in the moment before its owner does. The owner waits for it (it is
+// given back at once, having no records) instead of failing to start. An
+// empty leftover is removed, not adopted; a journal a live owner holds
+// still refuses a second owner, with a clear error.
+TEST(Stage1, InstancesStartingTogetherInOneStateDir) {
+  redis_server redis;
+  auto cfg = local_config(redis, 50ms);
+  const auto own = adapters::journal_path(cfg.state_dir, cfg.ns, cfg.instance_id);
+  const auto leftover = adapters::journal_path(cfg.state_dir, cfg.ns, "gone-1234");
+  ASSERT_TRUE(adapters::spill_journal::open(leftover, 1 << 20));
+  auto other = adapters::spill_journal::open(own, 1 << 20);  // the other instance, mid-scan
+  ASSERT_TRUE(other);
+  std::thread gives_back([&] {
+    std::this_thread::sleep_for(300ms);
+    EXPECT_TRUE(other->remove());
+  });
+  runtime rt;
+  EXPECT_EQ(rt.start(cfg), "");
+  gives_back.join();
+  EXPECT_EQ(rt.record(generate(5, 0).view()).code, errc::ok);
+  EXPECT_FALSE(std::ifstream(leftover).good()) << "the empty leftover journal was kept";
+
+  auto second = cfg;  // same instance id: the journal's owner is alive
+  runtime twin;
+  auto err = twin.start(second);
+  EXPECT_NE(err.find("locked by another open journal"), std::string::npos) << err;
+  rt.stop();
+  expect_exact(read_stage1(redis.url(), "t"), reference(5, 0, 1));
 }
