@@ -187,9 +187,8 @@ caf::behavior lease_behavior(lease_actor* self, flush_context_ptr ctx, caf::acto
       // what is left) must not find "no healthy database" only because the
       // first health checks have not answered yet: wait for their verdict,
       // bounded by one probe timeout and a margin.
-      auto until = steady_ms() + s.ctx->cfg.health_check_timeout.count() + 1000;
-      while (s.ctx->fleet->view()->judging() && steady_ms() < until)
-        std::this_thread::sleep_for(milliseconds(10));  // detached actor: its own thread
+      s.ctx->fleet->await_first_verdicts(std::chrono::steady_clock::now() + s.ctx->cfg.health_check_timeout
+                                         + milliseconds(1000));  // detached actor: its own thread
       if (!s.held && !s.released)
         try_acquire(self);
       return s.held ? s.epoch : 0;

@@ -5,6 +5,8 @@
 
 #include <caf/all.hpp>
 
+#include <thread>
+
 namespace tally {
 
 const fleet_db* fleet_view::find(uint32_t id) const noexcept {
@@ -38,6 +40,15 @@ caf::actor redis_fleet::failover() const {
 void redis_fleet::report(uint32_t db, bool ok) const {
   if (auto f = failover())
     caf::anon_send(f, cmd_atom::value, db, ok);
+}
+
+void redis_fleet::await_first_verdicts(std::chrono::steady_clock::time_point until) const {
+  for (;;) {
+    auto v = view();
+    if ((!v->dbs.empty() && !v->judging()) || std::chrono::steady_clock::now() >= until)
+      return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
 }
 
 bool redis_link::ensure() {

@@ -22,6 +22,7 @@
 #include <caf/atom.hpp>
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -89,6 +90,10 @@ public:
 
   /// Reports one logical command's outcome on database `db` (non-blocking).
   void report(uint32_t db, bool ok) const;
+  /// Blocks until every database had its first health verdict (the view is
+  /// published and not judging()), or until `until`. For a thread that may
+  /// block: the starting runtime, a detached actor.
+  void await_first_verdicts(std::chrono::steady_clock::time_point until) const;
 
 private:
   mutable std::mutex mutex_;  // guards view_ and failover_; never taken on the ingest path

@@ -140,7 +140,7 @@ namespace {
 class table_merger {
 public:
   table_merger(size_t key_count, size_t measure_count, size_t rows_in)
-    : keys_(key_count), measures_(measure_count), dicts_(key_count), texts_(key_count) {
+    : keys_(key_count), measures_(measure_count), dicts_(key_count), texts_(key_count), scratch_(key_count) {
     size_t capacity = 16;
     while (capacity < rows_in * 2)
       capacity *= 2;
@@ -150,8 +150,6 @@ public:
   }
 
   void add(const batch_row& row) {
-    if (scratch_.size() != keys_)
-      scratch_.resize(keys_);
     uint64_t h = 0x9e3779b97f4a7c15ull;
     for (size_t c = 0; c < keys_; ++c) {
       std::string_view text = row.keys[c];
@@ -183,17 +181,22 @@ public:
 
   /// The merged rows, sorted by their key texts.
   std::vector<merged_row> finish() {
-    // rank[c][id]: the place of that text among the column's distinct texts.
+    // rank[c][id]: the place of that text among the column's distinct
+    // texts; texts_[c] is then put in that order, so texts_[c][rank] is it.
     std::vector<std::vector<uint32_t>> rank(keys_);
     for (size_t c = 0; c < keys_; ++c) {
-      std::vector<uint32_t> order(texts_[c].size());
+      auto& texts = texts_[c];
+      std::vector<uint32_t> order(texts.size());
       for (uint32_t i = 0; i < order.size(); ++i)
         order[i] = i;
-      const auto& texts = texts_[c];
       std::sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) { return texts[a] < texts[b]; });
       rank[c].resize(order.size());
-      for (uint32_t r = 0; r < order.size(); ++r)
+      std::vector<std::string_view> sorted(order.size());
+      for (uint32_t r = 0; r < order.size(); ++r) {
         rank[c][order[r]] = r;
+        sorted[r] = texts[order[r]];
+      }
+      texts = std::move(sorted);
     }
     for (size_t i = 0; i < ids_.size(); ++i)
       ids_[i] = rank[i % keys_][ids_[i]];
@@ -208,9 +211,6 @@ public:
           return x[c] < y[c];
       return false;
     });
-    // Ranks back to texts: sorted texts per column.
-    for (size_t c = 0; c < keys_; ++c)
-      std::sort(texts_[c].begin(), texts_[c].end());
     std::vector<merged_row> out(rows_);
     for (size_t i = 0; i < rows_; ++i) {
       const uint32_t* key = &ids_[order[i] * keys_];
@@ -231,7 +231,7 @@ private:
   std::vector<uint32_t> slots_;  // merged row number + 1; 0 = empty
   std::vector<uint32_t> ids_;    // keys_ numbers per merged row
   std::vector<__int128> sums_;   // measures_ sums per merged row
-  std::vector<uint32_t> scratch_;
+  std::vector<uint32_t> scratch_;  // the row being added, as numbers
 };
 
 } // namespace

@@ -147,23 +147,6 @@ uint64_t journal_tails_cut(const journal_set& js) {
 /// each); past it reads see own events only once flushed, and a counter says so.
 constexpr size_t read_ledger_max_rows = size_t{1} << 20;
 
-/// Waits until every configured Redis database had its first health verdict
-/// (one probe each), bounded by a Sentinel lookup plus one probe timeout.
-/// The actors spawned after it then start with the active database chosen:
-/// an operator's first TALLY.INSTANCES or flush does not find "no healthy
-/// redis database" only because the process is a millisecond old, and the
-/// first heartbeat is not a spurious warning. With Redis unreachable the
-/// verdict ("open") comes as fast as the refused connect.
-void await_first_verdicts(const redis_fleet& fleet, const config& cfg) {
-  auto until = std::chrono::steady_clock::now() + cfg.redis_timeout + cfg.health_check_timeout;
-  for (;;) {
-    auto v = fleet.view();
-    if ((!v->dbs.empty() && !v->judging()) || std::chrono::steady_clock::now() >= until)
-      return;
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
-}
-
 std::string start_impl(runtime::impl& p, const config& cfg, bool with_io) {
   if (p.running || p.stopped)
     return "runtime: start called twice";
@@ -192,7 +175,12 @@ std::string start_impl(runtime::impl& p, const config& cfg, bool with_io) {
   p.ingest->counters.journal_truncated.store(journal_tails_cut(*journals));
   p.fleet = std::make_unique<redis_fleet>();
   p.failover = spawn_failover(*p.system, cfg, *p.fleet, p.ingest->counters);
-  await_first_verdicts(*p.fleet, cfg);
+  // The actors spawned below start with the active database chosen: an
+  // operator's first TALLY.INSTANCES or flush does not find "no healthy
+  // redis database" only because the process is a millisecond old. One
+  // probe decides a first verdict; bounded by a Sentinel lookup plus that
+  // probe's timeout (a refused connect is a verdict at once).
+  p.fleet->await_first_verdicts(std::chrono::steady_clock::now() + cfg.redis_timeout + cfg.health_check_timeout);
   auto ctx = std::make_shared<flush_context>(cfg, p.instance, *p.ingest, *p.fleet);
   // Retention and the registry run on every instance: a producer-only one
   // needs retention most (nobody else would repair a Redis that lost its

@@ -1,7 +1,6 @@
 // tests/support/workload.cpp — see workload.hpp.
 #include "tests/support/workload.hpp"
 
-#include <algorithm>
 #include <cstdio>
 #include <ctime>
 #include <set>
@@ -265,13 +264,8 @@ rollup_rows reference_range(uint64_t seed, uint64_t from, uint64_t to) {
 void merge_rows(rollup_rows& a, const rollup_rows& b) {
   for (auto& [table, rows] : b) {
     auto& dst = a[table];
-    for (auto& [key, values] : rows) {
-      auto& row = dst[key];
-      if (row.empty())
-        row.assign(values.size(), 0);
-      for (size_t i = 0; i < values.size() && i < row.size(); ++i)
-        row[i] += values[i];
-    }
+    for (auto& [key, values] : rows)
+      add_into(dst[key], values);
   }
 }
 
