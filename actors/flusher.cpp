@@ -99,6 +99,20 @@ struct source_io {
 
 using flusher_actor = caf::stateful_actor<flusher_state, caf::event_based_actor>;
 
+/// The deferred-backlog gauges: the leader's last reading, 0 elsewhere (so
+/// that a fleet's max is the leader's figure).
+void set_deferred_backlog(flusher_state& st, adapters::deferred_backlog b) {
+  st.ctx->counters->deferred_waiting.store(b.rows);
+  st.ctx->counters->deferred_oldest_seconds.store(b.oldest_seconds);
+}
+
+void report_deferred_backlog(flusher_state& st) {
+  if (auto b = adapters::read_deferred_backlog(*st.pg.client, st.ctx->cfg.pg_schema))
+    set_deferred_backlog(st, *b);
+  else
+    TALLY_DEBUG("flusher", b.error().message);
+}
+
 void schedule(flusher_actor* self, milliseconds delay) {
   self->delayed_send(self, delay, fcycle_atom::value, ++self->state.timer_generation);
 }
@@ -178,6 +192,7 @@ std::string invalidation_of(const std::vector<adapters::batch>& batches, const s
 void stop_leading(flusher_actor* self) {
   auto& st = self->state;
   st.leading = false;
+  set_deferred_backlog(st, {});
   st.return_pending = true;
   return_own_inflight(self);
 }
@@ -444,11 +459,16 @@ cycle_result deferred_cycle(flusher_actor* self) {
   if (!n) {
     TALLY_LOG(n.error().sqlstate == "55P03" ? log_level::debug : log_level::warn, "flusher",
               n.error().message << "; the rest is applied in a later cycle");
+    // Reads count what waits, so nothing is wrong yet; but a foreign
+    // transaction holding a row for long makes tally_spend lag for whoever
+    // reads it directly: the gauges let an alert say so.
+    report_deferred_backlog(st);
     return cycle_result::drained;
   }
   st.ctx->counters->deferred_applied.fetch_add(static_cast<uint64_t>(*n));
   if (*n < deferred_per_cycle) {
     st.deferred_left = false;
+    set_deferred_backlog(st, {});  // none left that another applier was not already applying
     return cycle_result::drained;
   }
   return cycle_result::more;
@@ -557,6 +577,7 @@ bool final_drain(flusher_actor* self, int64_t deadline) {
   if (st.leading && wall_ms() >= deadline)
     TALLY_WARN("flusher", "stop deadline passed before every batch was flushed; the rest waits in redis");
   st.leading = false;
+  set_deferred_backlog(st, {});
   return return_own_inflight(self);
 }
 

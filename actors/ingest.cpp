@@ -242,6 +242,8 @@ void ingest_state::add_counters(stats& out) const noexcept {
   out.duplicate_batches += counters.duplicate_batches.load();
   out.rows_deferred += counters.rows_deferred.load();
   out.deferred_applied += counters.deferred_applied.load();
+  out.deferred_waiting += counters.deferred_waiting.load();
+  out.deferred_oldest_seconds += counters.deferred_oldest_seconds.load();
   out.dead_lettered += counters.dead_lettered.load();
   out.lease_held += counters.lease_held.load();
   out.epoch += counters.epoch.load();

@@ -91,6 +91,8 @@ struct pipeline_counters {
   std::atomic<uint64_t> duplicate_batches{0};
   std::atomic<uint64_t> rows_deferred{0};
   std::atomic<uint64_t> deferred_applied{0};
+  std::atomic<uint64_t> deferred_waiting{0};         // as the leader last read it; 0 when not leading
+  std::atomic<uint64_t> deferred_oldest_seconds{0};
   std::atomic<uint64_t> dead_lettered{0};
   std::atomic<uint64_t> lease_held{0};
   std::atomic<uint64_t> epoch{0};

@@ -438,6 +438,8 @@ resp_outcome cmd_status(resp_session& s, const resp_args&, reply_writer& out) {
   t.line("duplicate_batches", st.duplicate_batches);
   t.line("rows_deferred", st.rows_deferred);
   t.line("deferred_applied", st.deferred_applied);
+  t.line("deferred_waiting", st.deferred_waiting);
+  t.line("deferred_oldest_seconds", st.deferred_oldest_seconds);
   t.line("dead_lettered", st.dead_lettered);
   t.line("lease_held", st.lease_held);
   t.line("epoch", st.epoch);

@@ -439,6 +439,21 @@ result<long> apply_deferred(pg_client& pg, const std::string& schema, long limit
   return applied;
 }
 
+result<deferred_backlog> read_deferred_backlog(pg_client& pg, const std::string& schema) {
+  const auto& spec = rollup_specs().front();
+  auto r = pg.exec("SELECT count(*), coalesce(floor(extract(epoch FROM now() - min(deferred_at))), 0)::bigint FROM "
+                   + qualified_table(schema, spec.table + "_deferred"));
+  if (!r)
+    return with_context(r.error(), "read the deferred backlog");
+  deferred_backlog out;
+  if (r->rows.size() == 1 && r->rows[0].size() == 2) {
+    out.rows = std::strtoull(r->rows[0][0].c_str(), nullptr, 10);
+    const long long age = std::strtoll(r->rows[0][1].c_str(), nullptr, 10);
+    out.oldest_seconds = age > 0 ? static_cast<uint64_t>(age) : 0;  // clocks: never negative
+  }
+  return out;
+}
+
 result<flush_outcome> flush_batches(pg_client& pg, const flush_settings& st,
                                     const std::vector<const batch*>& batches,
                                     const std::function<bool()>& still_leader) {

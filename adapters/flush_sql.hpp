@@ -196,6 +196,16 @@ std::string apply_deferred_sql(const std::string& schema, const rollup_spec& spe
 result<long> apply_deferred(pg_client& pg, const std::string& schema, long limit,
                             std::chrono::milliseconds lock_timeout);
 
+/// What waits in the deferred table: how many increments, and the age of
+/// the oldest (0 when none).
+struct deferred_backlog {
+  uint64_t rows = 0;
+  uint64_t oldest_seconds = 0;
+};
+
+/// Reads the deferred table's backlog. Blocking; one small query.
+result<deferred_backlog> read_deferred_backlog(pg_client& pg, const std::string& schema);
+
 /// Applies `batches` (already shape-checked) in one transaction as described
 /// above. Blocking. Ids already in tally_applied_batches are looked up and
 /// the rest merged before BEGIN (after take_epoch nobody else can commit in

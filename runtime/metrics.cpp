@@ -180,6 +180,12 @@ std::string render_metrics(const metrics_snapshot& m) {
             s.rows_deferred);
   w.counter("tally_deferred_applied_total", "Deferred increments this instance added to tally_spend.",
             s.deferred_applied);
+  w.gauge("tally_deferred_waiting",
+          "Increments waiting in tally_spend_deferred, as this instance last saw them while leading (else 0).",
+          s.deferred_waiting);
+  w.gauge("tally_deferred_oldest_seconds",
+          "Age of the oldest increment waiting in tally_spend_deferred (leader only, else 0).",
+          s.deferred_oldest_seconds);
   w.counter("tally_duplicate_batches_total", "Batches skipped because their id was already applied.",
             s.duplicate_batches);
   w.counter("tally_dead_lettered_total", "Batches that failed to decode, moved to the dead-letter list.",

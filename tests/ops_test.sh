@@ -9,7 +9,8 @@
 #      every tally_* name the rules and the dashboard use must be in its
 #      /metrics: a series name in an expression must be a sample name there
 #      (name_bucket/_sum/_count of a histogram family included), a name in
-#      prose (comments, annotations, descriptions) may also be a family.
+#      prose (comments, annotations, descriptions) may also be a family or
+#      one of the tables tallyd created in Postgres.
 # Any failure names the check, the expression or the missing metric, and
 # every exit path stops tallyd and the servers.
 set -euo pipefail
@@ -178,10 +179,15 @@ while :; do
 done
 echo "scraped: events_accepted=$accepted flushes=$flushes backlog=$backlog lease_held=$leases"
 
-python3 - "$work/metrics.txt" "$rules" "$dashboard" "$rule_count" <<'EOF' || fail "tally_* names not in /metrics (see above)"
+# Prose may also name tally's Postgres tables: the ones tallyd created.
+psql -X -qAt "$POSTGRES_URL" -c "SELECT table_name FROM information_schema.tables WHERE table_name LIKE 'tally%'" \
+  >"$work/tables.txt" || fail "psql: list tally's tables"
+
+python3 - "$work/metrics.txt" "$rules" "$dashboard" "$rule_count" "$work/tables.txt" <<'EOF' || fail "tally_* names not in /metrics (see above)"
 import json, re, sys
 
 metrics_path, rules_path, dash_path, rule_count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+tables = set(open(sys.argv[5]).read().split())
 NAME = re.compile(r"(?<![A-Za-z0-9_:])tally_[A-Za-z0-9_]*[A-Za-z0-9]")
 
 families, samples, info_labels = {}, set(), []
@@ -248,8 +254,8 @@ for name in sorted(in_exprs | in_prose):
         else:
             why = "no such metric"
         missing.append(f"{name} (in an expression): {why}")
-    elif name not in families:
-        missing.append(f"{name} (in a comment or description): no such metric")
+    elif name not in families and name not in tables:
+        missing.append(f"{name} (in a comment or description): no such metric or table")
 
 # The rules join on tally_info's namespace label.
 if not any('namespace="opstest"' in l and "instance=" in l for l in info_labels):

@@ -11,6 +11,7 @@
 //    the fill between its query and its install);
 //  * 1,000 concurrent GETs of a cold row cost one Postgres query;
 //  * bad input gets clear errors.
+#include "adapters/pg_client.hpp"
 #include "adapters/redis_client.hpp"
 #include "tests/harness/servers.hpp"
 #include "tests/support/child_process.hpp"
@@ -383,6 +384,73 @@ TEST_F(ReadPath, EmbeddedReadsSeeOwnDurableWritesAtOnce) {
   EXPECT_EQ(rt.get("wallet", "x").code, read_result::status::bad_request);
   rt.stop();
   EXPECT_EQ(rt.get("user", "erin").code, read_result::status::unavailable);
+}
+
+// An ordinary role (no deadlock priority) never waits for an entity-total
+// row another transaction holds: the increment goes to tally_spend_deferred.
+// While it waits there, reads count it, and the leader's gauges say how
+// many wait and for how long, so an alert can name a foreign transaction
+// that holds a row for long; once the row is free it is applied once and
+// the gauges fall to 0.
+TEST_F(ReadPath, DeferredIncrementsAreCountedAndReportedUntilApplied) {
+  redis_server redis;
+  postgres_->psql("DO $$ BEGIN CREATE ROLE rp_deferrer LOGIN NOSUPERUSER; "
+                  "EXCEPTION WHEN duplicate_object THEN NULL; END $$");
+  postgres_->psql("GRANT CREATE ON DATABASE tally TO rp_deferrer");
+  postgres_->psql("CREATE SCHEMA IF NOT EXISTS rp_defer AUTHORIZATION rp_deferrer");
+  config cfg;
+  cfg.ns = "rp_defer";
+  cfg.redis_urls = {redis.url()};
+  cfg.postgres_url = "postgresql://rp_deferrer@127.0.0.1:" + std::to_string(postgres_->port()) + "/tally";
+  cfg.pg_schema = "rp_defer";
+  cfg.instance_id = "deferrer";
+  cfg.state_dir = temp_path("state-deferrer");
+  cfg.buffer_interval = 100ms;
+  cfg.flush_interval = 100ms;
+  cfg.lease_ttl = 1000ms;
+  cfg.health_check_interval = 200ms;
+  runtime rt;
+  ASSERT_EQ(rt.start(cfg), "");
+  auto row_spend = [] {
+    try {
+      return postgres_->psql("SELECT spend FROM rp_defer.tally_spend WHERE entity_type = 'user' AND entity_id = 'dora'");
+    } catch (const std::exception&) {
+      return std::string();  // no table yet
+    }
+  };
+  event ev;
+  ev.id(field::user) = "dora";
+  ev.spend = 1'000'000'000;
+  ASSERT_EQ(rt.record_durable(ev).get().code, errc::ok);
+  ASSERT_TRUE(wait_for([&] { return row_spend() == "1.000000000\n"; }, 30s)) << row_spend();
+
+  auto holder = adapters::pg_client::connect(postgres_->url(), 5000ms);
+  ASSERT_TRUE(holder) << holder.error().message;
+  ASSERT_TRUE(holder->exec("BEGIN"));
+  ASSERT_TRUE(holder->exec("SELECT 1 FROM rp_defer.tally_spend WHERE entity_type = 'user' AND entity_id = 'dora' "
+                           "FOR UPDATE"));
+  ev.spend = 2'000'000'000;
+  ASSERT_EQ(rt.record_durable(ev).get().code, errc::ok);
+  ASSERT_TRUE(wait_for([&] { return rt.snapshot().rows_deferred >= 1; }, 30s));
+  EXPECT_EQ(row_spend(), "1.000000000\n");  // the held row is untouched
+  auto r = rt.get("user", "dora");
+  ASSERT_EQ(r.code, read_result::status::ok) << r.error;
+  EXPECT_EQ(r.entities[0].spend, "3.000000000");  // ... and the read counts what waits
+  ASSERT_TRUE(wait_for([&] {
+    auto s = rt.snapshot();
+    return s.deferred_waiting == 1 && s.deferred_oldest_seconds >= 2;
+  }, 30s)) << "waiting " << rt.snapshot().deferred_waiting << ", oldest " << rt.snapshot().deferred_oldest_seconds
+           << " s";
+
+  ASSERT_TRUE(holder->exec("ROLLBACK"));
+  ASSERT_TRUE(wait_for([&] {
+    auto s = rt.snapshot();
+    return s.deferred_applied >= 1 && s.deferred_waiting == 0 && s.deferred_oldest_seconds == 0;
+  }, 30s)) << "applied " << rt.snapshot().deferred_applied << ", waiting " << rt.snapshot().deferred_waiting;
+  EXPECT_EQ(row_spend(), "3.000000000\n");
+  EXPECT_EQ(postgres_->psql("SELECT count(*) FROM rp_defer.tally_spend_deferred"), "0\n");
+  EXPECT_EQ(rt.snapshot().deferred_applied, 1u);
+  rt.stop();
 }
 
 } // namespace

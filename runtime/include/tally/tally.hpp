@@ -238,6 +238,8 @@ struct stats {
   uint64_t duplicate_batches = 0;     // batch ids already applied, skipped
   uint64_t rows_deferred = 0;         // entity-total increments committed to tally_spend_deferred
   uint64_t deferred_applied = 0;      // deferred increments this instance added to tally_spend
+  uint64_t deferred_waiting = 0;      // increments in tally_spend_deferred as this leader last saw them (0 when not leading)
+  uint64_t deferred_oldest_seconds = 0;  // age of the oldest of them
   uint64_t dead_lettered = 0;
   uint64_t lease_held = 0;            // 1 while this instance is the leader
   uint64_t epoch = 0;                 // fencing epoch of the last lease taken
