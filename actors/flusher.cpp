@@ -457,16 +457,18 @@ cycle_result deferred_cycle(flusher_actor* self) {
   auto wait = std::min(st.ctx->cfg.lock_timeout, milliseconds(1000));
   auto n = adapters::apply_deferred(*st.pg.client, st.ctx->cfg.pg_schema, deferred_per_cycle, wait);
   if (!n) {
-    TALLY_LOG(n.error().sqlstate == "55P03" ? log_level::debug : log_level::warn, "flusher",
-              n.error().message << "; the rest is applied in a later cycle");
+    TALLY_WARN("flusher", n.error().message << "; the rest is applied in a later cycle");
+    return cycle_result::drained;
+  }
+  st.ctx->counters->deferred_applied.fetch_add(static_cast<uint64_t>(n->applied));
+  if (n->held) {
     // Reads count what waits, so nothing is wrong yet; but a foreign
     // transaction holding a row for long makes tally_spend lag for whoever
     // reads it directly: the gauges let an alert say so.
     report_deferred_backlog(st);
     return cycle_result::drained;
   }
-  st.ctx->counters->deferred_applied.fetch_add(static_cast<uint64_t>(*n));
-  if (*n < deferred_per_cycle) {
+  if (n->applied < deferred_per_cycle) {
     st.deferred_left = false;
     set_deferred_backlog(st, {});  // none left that another applier was not already applying
     return cycle_result::drained;

@@ -419,24 +419,50 @@ std::string apply_deferred_sql(const std::string& schema, const rollup_spec& spe
          + column_list(spec, "") + ", now() FROM d" + on_conflict_add(spec) + " RETURNING 1";
 }
 
-result<long> apply_deferred(pg_client& pg, const std::string& schema, long limit,
-                            std::chrono::milliseconds lock_timeout) {
+std::string apply_free_deferred_sql(const std::string& schema, const rollup_spec& spec) {
+  const std::string deferred = qualified_table(schema, spec.table + "_deferred");
+  const std::string table = qualified_table(schema, spec.table);
+  std::string updates;
+  for (const auto& m : spec.measure_columns())
+    updates += quote_identifier(m) + " = t." + quote_identifier(m) + " + x." + quote_identifier(m) + ", ";
+  return "WITH p AS MATERIALIZED (SELECT d.id FROM " + deferred + " d JOIN " + table + " t ON "
+         + key_match(spec, "t", "d") + " ORDER BY d.id LIMIT 1 FOR UPDATE OF d, t SKIP LOCKED), x AS (DELETE FROM "
+         + deferred + " d USING p WHERE d.id = p.id RETURNING " + column_list(spec, "d.") + ") UPDATE " + table
+         + " AS t SET " + updates + "updated_at = now() FROM x WHERE " + key_match(spec, "t", "x") + " RETURNING 1";
+}
+
+result<deferred_applied> apply_deferred(pg_client& pg, const std::string& schema, long limit,
+                                        std::chrono::milliseconds lock_timeout) {
   const auto& spec = rollup_specs().front();
   // One increment per transaction: it holds the lock of its deferred row
-  // (which no other writer touches) and waits for one rollup row, so it can
+  // (which no other writer touches) and at most one rollup row, so it can
   // wait behind a foreign transaction but never be part of a lock cycle.
-  const std::string sql = "SELECT set_config('lock_timeout', '" + std::to_string(lock_timeout.count())
-                          + "', true); " + apply_deferred_sql(schema, spec);
-  long applied = 0;
-  while (applied < limit) {
-    auto r = pg.exec(sql);
-    if (!r)
+  const std::string free_sql = apply_free_deferred_sql(schema, spec);
+  const std::string wait_sql = "SELECT set_config('lock_timeout', '" + std::to_string(lock_timeout.count())
+                               + "', true); " + apply_deferred_sql(schema, spec);
+  deferred_applied out;
+  bool free_left = true;
+  while (out.applied < limit) {
+    // What is left once no free row is: rows others hold (wait for the
+    // oldest), or an increment whose row is gone (the upsert inserts it).
+    auto r = pg.exec(free_left ? free_sql : wait_sql);
+    if (!r) {
+      if (!free_left && r.error().sqlstate == "55P03") {
+        out.held = true;
+        break;
+      }
       return with_context(r.error(), "apply deferred increments");
-    if (r->rows.empty())
+    }
+    if (!r->rows.empty()) {
+      ++out.applied;
+      free_left = true;  // the wait may have freed the rows behind it
+    } else if (free_left) {
+      free_left = false;
+    } else {
       break;
-    ++applied;
+    }
   }
-  return applied;
+  return out;
 }
 
 result<deferred_backlog> read_deferred_backlog(pg_client& pg, const std::string& schema) {

@@ -184,17 +184,31 @@ result<pg_rows> upsert_staged(pg_client& pg, const std::string& schema, const ro
 /// (SKIP LOCKED: never waits). Inside the flush transaction, after COPY.
 std::string defer_locked_sql(const std::string& schema, const rollup_spec& spec);
 
-/// Deletes the oldest unlocked deferred increment and adds it to its row,
-/// in one statement; returns a row when it applied one.
+/// Deletes the oldest deferred increment whose rollup row nobody holds and
+/// adds it to that row, in one statement that never waits (SKIP LOCKED on
+/// both rows); returns a row when it applied one.
+std::string apply_free_deferred_sql(const std::string& schema, const rollup_spec& spec);
+
+/// Deletes the oldest unlocked deferred increment and adds it to its row
+/// (inserting the row if it is gone), in one statement that waits for that
+/// row; returns a row when it applied one.
 std::string apply_deferred_sql(const std::string& schema, const rollup_spec& spec);
 
-/// Applies at most `limit` deferred entity-total increments, oldest first,
-/// each in a transaction of its own that waits at most `lock_timeout` for
-/// its row; returns how many. Exactly once whoever runs it (the delete and
-/// the add commit together), so it needs no epoch. Blocking. Fewer than
-/// `limit` means none was left that nobody else was applying.
-result<long> apply_deferred(pg_client& pg, const std::string& schema, long limit,
-                            std::chrono::milliseconds lock_timeout);
+struct deferred_applied {
+  long applied = 0;
+  bool held = false;  // increments are left whose rows another transaction holds
+};
+
+/// Applies at most `limit` deferred entity-total increments, each in a
+/// transaction of its own: first, oldest first, those whose rows are free
+/// (so a row another transaction holds does not hold up the ones behind
+/// it), then the oldest left, waiting at most `lock_timeout` for its row
+/// (`held` when that wait ran out). Exactly once whoever runs it (the
+/// delete and the add commit together), so it needs no epoch. Blocking.
+/// Fewer than `limit` and not `held` means none was left that nobody else
+/// was applying.
+result<deferred_applied> apply_deferred(pg_client& pg, const std::string& schema, long limit,
+                                        std::chrono::milliseconds lock_timeout);
 
 /// What waits in the deferred table: how many increments, and the age of
 /// the oldest (0 when none).
