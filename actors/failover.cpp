@@ -90,6 +90,10 @@ void publish(failover_actor* self) {
 void switch_to(failover_actor* self, int to, int reason, const std::string& detail, bool initial = false) {
   auto& st = self->state;
   std::string from = display_of(st, st.active), target = display_of(st, to);
+  // Counted before it is published: whoever sees the new active database
+  // (status lines, TALLY.STATUS) sees the switch counted too.
+  if (!initial)
+    st.counters->redis_switches[reason].fetch_add(1, std::memory_order_relaxed);
   st.active = to;
   ++st.generation;
   publish(self);
@@ -106,7 +110,6 @@ void switch_to(failover_actor* self, int to, int reason, const std::string& deta
   else
     TALLY_ERROR("failover", "no redis database is healthy (was " << from << "; " << why << ": " << detail
                                                                  << "): batches go to the local spill journal");
-  st.counters->redis_switches[reason].fetch_add(1, std::memory_order_relaxed);
   if (st.cfg.on_redis_switch) {
     redis_switch ev{from, target, why, detail};
     st.cfg.on_redis_switch(ev);
