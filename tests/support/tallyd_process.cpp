@@ -6,7 +6,9 @@
 #include <atomic>
 #include <csignal>
 #include <cstdlib>
+#include <cstdio>
 #include <fstream>
+#include <random>
 #include <regex>
 #include <sstream>
 #include <sys/wait.h>
@@ -34,9 +36,20 @@ void write_file(const std::string& path, const std::string& text) {
 
 std::string temp_path(const std::string& name) {
   static std::atomic<int> counter{0};
+  // The pid alone repeats: pid_max is often 32768, and one CI run forks far
+  // more processes than that (every psql, every Postgres backend). A test
+  // process that got an earlier one's pid would append to its old log (logs
+  // are opened for appending) and read that run's ready line and ports.
+  static const std::string process_token = [] {
+    std::random_device rd;
+    char buf[17];
+    std::snprintf(buf, sizeof buf, "%08x%08x", rd(), rd());
+    return std::string(buf);
+  }();
   const char* env = std::getenv("TMPDIR");
   std::string base = env && *env ? env : "/tmp";
-  return base + "/tallyd-test-" + std::to_string(getpid()) + "-" + std::to_string(++counter) + "-" + name;
+  return base + "/tallyd-test-" + std::to_string(getpid()) + "-" + process_token + "-" + std::to_string(++counter)
+         + "-" + name;
 }
 
 std::pair<int, std::string> run(std::vector<std::string> argv, std::chrono::milliseconds deadline) {
