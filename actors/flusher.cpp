@@ -452,9 +452,11 @@ cycle_result deferred_cycle(flusher_actor* self) {
   std::string why;
   if (!st.pg.ensure(*st.ctx, "flusher", why))
     return cycle_result::drained;
-  // It waits for rows others hold (never in a cycle); a long holder only
-  // postpones the rest to the next cycle.
-  auto wait = std::min(st.ctx->cfg.lock_timeout, milliseconds(1000));
+  // Every increment whose row is free goes without waiting; then it waits
+  // briefly for the oldest held one (never in a cycle). A gateway's own
+  // transactions end in milliseconds; a row held longer is tried again next
+  // cycle, so a long holder costs each flush cycle only this wait.
+  auto wait = std::min(st.ctx->cfg.lock_timeout, milliseconds(100));
   auto n = adapters::apply_deferred(*st.pg.client, st.ctx->cfg.pg_schema, deferred_per_cycle, wait);
   if (!n) {
     TALLY_WARN("flusher", n.error().message << "; the rest is applied in a later cycle");
