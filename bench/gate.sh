@@ -44,8 +44,8 @@ measure() {
   # One round each: direct writers take ~20 s a round (deadlocks cost 1 s each).
   run contention "$build/bench/flush_bench" --benchmark_filter='BM_(DirectWriters|ThroughTally)' \
     --benchmark_min_time=0.001
-  echo "gate: run ROUNDS=3 REQUESTS=300000 bench/resp_bench.sh $build"
-  ROUNDS=3 REQUESTS=300000 bench/resp_bench.sh "$build" > "$out/resp.txt"
+  echo "gate: run ROUNDS=5 REQUESTS=300000 bench/resp_bench.sh $build"
+  ROUNDS=5 REQUESTS=300000 bench/resp_bench.sh "$build" > "$out/resp.txt"
   cat "$out/resp.txt"
 }
 
