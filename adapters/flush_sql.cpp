@@ -92,15 +92,21 @@ std::string column_list(const rollup_spec& spec, const std::string& prefix) {
   return out;
 }
 
+// The SET list that adds the measures of row `from` to the rollup row t.
+std::string add_measures(const rollup_spec& spec, const std::string& from) {
+  std::string updates;
+  for (const auto& m : spec.measure_columns())
+    updates += quote_identifier(m) + " = t." + quote_identifier(m) + " + " + from + "." + quote_identifier(m) + ", ";
+  return updates + "updated_at = now()";
+}
+
 // The tail every upsert into a rollup (aliased t) shares: an existing row
 // gets the measures added.
 std::string on_conflict_add(const rollup_spec& spec) {
-  std::string conflict, updates;
+  std::string conflict;
   for (const auto& k : spec.key_columns())
     conflict += (conflict.empty() ? "" : ", ") + quote_identifier(k);
-  for (const auto& m : spec.measure_columns())
-    updates += quote_identifier(m) + " = t." + quote_identifier(m) + " + EXCLUDED." + quote_identifier(m) + ", ";
-  return " ON CONFLICT (" + conflict + ") DO UPDATE SET " + updates + "updated_at = now()";
+  return " ON CONFLICT (" + conflict + ") DO UPDATE SET " + add_measures(spec, "EXCLUDED");
 }
 
 error_info with_context(const error_info& e, const std::string& what) {
@@ -422,13 +428,10 @@ std::string apply_deferred_sql(const std::string& schema, const rollup_spec& spe
 std::string apply_free_deferred_sql(const std::string& schema, const rollup_spec& spec) {
   const std::string deferred = qualified_table(schema, spec.table + "_deferred");
   const std::string table = qualified_table(schema, spec.table);
-  std::string updates;
-  for (const auto& m : spec.measure_columns())
-    updates += quote_identifier(m) + " = t." + quote_identifier(m) + " + x." + quote_identifier(m) + ", ";
   return "WITH p AS MATERIALIZED (SELECT d.id FROM " + deferred + " d JOIN " + table + " t ON "
          + key_match(spec, "t", "d") + " ORDER BY d.id LIMIT 1 FOR UPDATE OF d, t SKIP LOCKED), x AS (DELETE FROM "
          + deferred + " d USING p WHERE d.id = p.id RETURNING " + column_list(spec, "d.") + ") UPDATE " + table
-         + " AS t SET " + updates + "updated_at = now() FROM x WHERE " + key_match(spec, "t", "x") + " RETURNING 1";
+         + " AS t SET " + add_measures(spec, "x") + " FROM x WHERE " + key_match(spec, "t", "x") + " RETURNING 1";
 }
 
 result<deferred_applied> apply_deferred(pg_client& pg, const std::string& schema, long limit,

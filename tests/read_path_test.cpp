@@ -103,6 +103,23 @@ protected:
     return a;
   }
 
+  /// An embedded runtime's config with the same short intervals.
+  static config embedded(const std::string& ns, const std::string& instance, const std::string& redis_url,
+                         const std::string& postgres_url) {
+    config cfg;
+    cfg.ns = ns;
+    cfg.redis_urls = {redis_url};
+    cfg.postgres_url = postgres_url;
+    cfg.pg_schema = ns;
+    cfg.instance_id = instance;
+    cfg.state_dir = temp_path("state-" + instance);
+    cfg.buffer_interval = 100ms;
+    cfg.flush_interval = 100ms;
+    cfg.lease_ttl = 1000ms;
+    cfg.health_check_interval = 200ms;
+    return cfg;
+  }
+
   static std::vector<std::string> with(std::vector<std::string> a, const std::vector<std::string>& more) {
     a.insert(a.end(), more.begin(), more.end());
     return a;
@@ -348,19 +365,8 @@ TEST_F(ReadPath, BadInputGetsClearErrors) {
 TEST_F(ReadPath, EmbeddedReadsSeeOwnDurableWritesAtOnce) {
   redis_server redis;
   postgres_->psql("CREATE SCHEMA IF NOT EXISTS rp_embed");
-  config cfg;
-  cfg.ns = "rp_embed";
-  cfg.redis_urls = {redis.url()};
-  cfg.postgres_url = postgres_->url();
-  cfg.pg_schema = "rp_embed";
-  cfg.instance_id = "embedded";
-  cfg.state_dir = temp_path("state-embedded");
-  cfg.buffer_interval = 100ms;
-  cfg.flush_interval = 100ms;
-  cfg.lease_ttl = 1000ms;
-  cfg.health_check_interval = 200ms;
   runtime rt;
-  ASSERT_EQ(rt.start(cfg), "");
+  ASSERT_EQ(rt.start(embedded("rp_embed", "embedded", redis.url(), postgres_->url())), "");
   ASSERT_TRUE(wait_for([&] { return rt.snapshot().read_subscribed == 1; }, 30s));
   auto r = rt.get("team_member", "erin", "t1");
   ASSERT_EQ(r.code, read_result::status::ok) << r.error;
@@ -398,31 +404,15 @@ TEST_F(ReadPath, DeferredIncrementsAreCountedAndReportedUntilApplied) {
                   "EXCEPTION WHEN duplicate_object THEN NULL; END $$");
   postgres_->psql("GRANT CREATE ON DATABASE tally TO rp_deferrer");
   postgres_->psql("CREATE SCHEMA IF NOT EXISTS rp_defer AUTHORIZATION rp_deferrer");
-  config cfg;
-  cfg.ns = "rp_defer";
-  cfg.redis_urls = {redis.url()};
-  cfg.postgres_url = "postgresql://rp_deferrer@127.0.0.1:" + std::to_string(postgres_->port()) + "/tally";
-  cfg.pg_schema = "rp_defer";
-  cfg.instance_id = "deferrer";
-  cfg.state_dir = temp_path("state-deferrer");
-  cfg.buffer_interval = 100ms;
-  cfg.flush_interval = 100ms;
-  cfg.lease_ttl = 1000ms;
-  cfg.health_check_interval = 200ms;
   runtime rt;
-  ASSERT_EQ(rt.start(cfg), "");
-  auto row_spend = [] {
-    try {
-      return postgres_->psql("SELECT spend FROM rp_defer.tally_spend WHERE entity_type = 'user' AND entity_id = 'dora'");
-    } catch (const std::exception&) {
-      return std::string();  // no table yet
-    }
-  };
+  ASSERT_EQ(rt.start(embedded("rp_defer", "deferrer", redis.url(),
+                              "postgresql://rp_deferrer@127.0.0.1:" + std::to_string(postgres_->port()) + "/tally")),
+            "");
   event ev;
   ev.id(field::user) = "dora";
   ev.spend = 1'000'000'000;
   ASSERT_EQ(rt.record_durable(ev).get().code, errc::ok);
-  ASSERT_TRUE(wait_for([&] { return row_spend() == "1.000000000\n"; }, 30s)) << row_spend();
+  ASSERT_TRUE(wait_for([&] { return pg_spend("rp_defer", "dora") == "1.000000000\n"; }, 30s)) << pg_spend("rp_defer", "dora");
 
   auto holder = adapters::pg_client::connect(postgres_->url(), 5000ms);
   ASSERT_TRUE(holder) << holder.error().message;
@@ -432,7 +422,7 @@ TEST_F(ReadPath, DeferredIncrementsAreCountedAndReportedUntilApplied) {
   ev.spend = 2'000'000'000;
   ASSERT_EQ(rt.record_durable(ev).get().code, errc::ok);
   ASSERT_TRUE(wait_for([&] { return rt.snapshot().rows_deferred >= 1; }, 30s));
-  EXPECT_EQ(row_spend(), "1.000000000\n");  // the held row is untouched
+  EXPECT_EQ(pg_spend("rp_defer", "dora"), "1.000000000\n");  // the held row is untouched
   auto r = rt.get("user", "dora");
   ASSERT_EQ(r.code, read_result::status::ok) << r.error;
   EXPECT_EQ(r.entities[0].spend, "3.000000000");  // ... and the read counts what waits
@@ -447,7 +437,7 @@ TEST_F(ReadPath, DeferredIncrementsAreCountedAndReportedUntilApplied) {
     auto s = rt.snapshot();
     return s.deferred_applied >= 1 && s.deferred_waiting == 0 && s.deferred_oldest_seconds == 0;
   }, 30s)) << "applied " << rt.snapshot().deferred_applied << ", waiting " << rt.snapshot().deferred_waiting;
-  EXPECT_EQ(row_spend(), "3.000000000\n");
+  EXPECT_EQ(pg_spend("rp_defer", "dora"), "3.000000000\n");
   EXPECT_EQ(postgres_->psql("SELECT count(*) FROM rp_defer.tally_spend_deferred"), "0\n");
   EXPECT_EQ(rt.snapshot().deferred_applied, 1u);
   rt.stop();
