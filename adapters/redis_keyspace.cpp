@@ -42,6 +42,15 @@ constexpr const char* deadletter_script =
 constexpr const char* return_script =
   "local n = 0 while redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT') do n = n + 1 end return n";
 
+// KEYS[1] record, KEYS[2] inflight, KEYS[3] batches, KEYS[4] instances;
+// ARGV[1] the id. A clean stop: whatever its inflight list still holds (its
+// flusher could not hand it back, say Redis timed out under load) goes back
+// to batches before the id leaves the set, because a leader's orphan scan
+// only visits ids in the set. Returns how many went back.
+constexpr const char* deregister_script =
+  "local n = 0 while redis.call('LMOVE', KEYS[2], KEYS[3], 'LEFT', 'RIGHT') do n = n + 1 end "
+  "redis.call('DEL', KEYS[1]) redis.call('SREM', KEYS[4], ARGV[1]) return n";
+
 // KEYS[1] the instance's record, KEYS[2] its inflight, KEYS[3] batches,
 // KEYS[4] instances; ARGV[1] its id. -1 while it is alive; else its inflight
 // list goes back to batches, it leaves the set, and the count is returned.
@@ -246,7 +255,7 @@ status redis_keyspace::register_instance(redis_client& c, std::string_view id) c
 }
 
 status redis_keyspace::deregister(redis_client& c, std::string_view id) const {
-  auto r = c.pipeline({{"DEL", instance(id)}, {"SREM", instances(), id}});
+  auto r = c.command({"EVAL", deregister_script, "4", instance(id), inflight(id), batches(), instances(), id});
   if (!r)
     return r.error();
   return {};

@@ -139,7 +139,8 @@ public:
   /// Adds `instance` to the instances set only (a leader does it before its
   /// inflight list holds anything, so a crash leaves the list findable).
   status register_instance(redis_client& c, std::string_view instance) const;
-  /// Deletes the record and leaves the set (clean stop).
+  /// Returns what the inflight list still holds to batches, deletes the
+  /// record and leaves the set, in one script (clean stop).
   status deregister(redis_client& c, std::string_view instance) const;
   /// Every live registered instance (members whose record exists).
   result<std::vector<instance_record>> read_instances(redis_client& c) const;

@@ -2,6 +2,7 @@
 // redis-server: URL parsing, binary safety, error replies, pipelines,
 // timeouts, a killed and restarted server, AUTH.
 #include "adapters/redis_client.hpp"
+#include "adapters/redis_keyspace.hpp"
 #include "tests/harness/servers.hpp"
 
 #include <gtest/gtest.h>
@@ -421,4 +422,30 @@ TEST(RedisClientAuth, RequirePass) {
   // A reconnect repeats the AUTH.
   ASSERT_TRUE(client.reconnect().ok());
   EXPECT_EQ(client.command({"GET", "a"})->str, "1");
+}
+
+// A clean stop leaves nothing only the stopped instance could find: what its
+// inflight list still holds (its flusher could not hand it back) goes back to
+// batches as it leaves the instances set, since a leader's orphan scan only
+// visits ids in that set.
+TEST(RedisKeyspace, DeregisterReturnsWhatInflightStillHolds) {
+  harness::redis_server server;
+  auto c = connect_or_die(endpoint_of(server));
+  tally::adapters::redis_keyspace keys("dereg");
+  ASSERT_TRUE(keys.register_instance(c, "a").ok());
+  ASSERT_TRUE(c.command({"RPUSH", keys.inflight("a"), "b1", "b2"}));
+  ASSERT_TRUE(c.command({"RPUSH", keys.batches(), "b0"}));
+  ASSERT_TRUE(keys.deregister(c, "a").ok());
+  EXPECT_EQ(c.command({"LLEN", keys.inflight("a")})->integer, 0);
+  auto all = c.command({"LRANGE", keys.batches(), "0", "-1"});
+  ASSERT_TRUE(all);
+  ASSERT_EQ(all->elements.size(), 3u);
+  EXPECT_EQ(all->elements[0].str, "b0");
+  EXPECT_EQ(all->elements[1].str, "b1");
+  EXPECT_EQ(all->elements[2].str, "b2");
+  EXPECT_EQ(c.command({"SISMEMBER", keys.instances(), "a"})->integer, 0);
+  // The orphan scan has nothing left to find.
+  auto orphans = keys.return_orphans(c, "leader");
+  ASSERT_TRUE(orphans);
+  EXPECT_TRUE(orphans->empty());
 }
