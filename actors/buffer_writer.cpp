@@ -54,6 +54,9 @@ struct writer_state {
   std::vector<durable_ticket> cycle_tickets;
 
   bool collecting = false;
+  bool reclaiming = false;        // this cycle empties the id table (ingest_state::begin_reclaim)
+  uint64_t reclaims_unlogged = 0;
+  int64_t reclaim_logged_ms = 0;
   size_t replies_missing = 0;
   std::vector<agg_map_ptr> maps;
   std::vector<caf::actor> map_owners;
@@ -450,6 +453,22 @@ void finish_cycle(writer_actor* self) {
     splitter.finish();
     st.ingest->counters.pending_batches.store(st.pending.size());
   }
+  if (st.reclaiming) {
+    // Every id handed out before begin_reclaim() was in the maps just
+    // turned into texts: nothing refers to the table any more.
+    uint32_t forgotten = ids.size();
+    st.ingest->end_reclaim();
+    st.reclaiming = false;
+    ++st.reclaims_unlogged;
+    // A flood of distinct texts reclaims every cycle: one line a minute.
+    if (now_ms() - st.reclaim_logged_ms >= 60'000) {
+      TALLY_INFO("buffer_writer", "id table emptied to make room (" << forgotten << " of at most "
+                                  << ids.limit() << " texts; " << st.reclaims_unlogged
+                                  << " time(s) since the last such line; intern_capacity sets the room)");
+      st.reclaims_unlogged = 0;
+      st.reclaim_logged_ms = now_ms();
+    }
+  }
   // Tickets of this cycle are done once every batch up to now is written.
   uint64_t watermark = st.pending.empty() ? 0 : st.pending.back().seq;
   for (auto& t : st.cycle_tickets)
@@ -483,6 +502,13 @@ void start_cycle(writer_actor* self) {
   // Cleared before the swaps are asked for: a shard that reaches its limit
   // again after its swap sets it anew.
   st.ingest->swap_wanted.store(false, std::memory_order_relaxed);
+  // The id table is near its bound: producers are held back until the
+  // maps this cycle swaps out are texts (finish_cycle empties the table).
+  if (st.ingest->reclaim_wanted.load(std::memory_order_relaxed)
+      || st.ingest->ids.size() >= st.ingest->reclaim_at()) {
+    st.reclaiming = true;
+    st.ingest->begin_reclaim();
+  }
   durable_ticket t;
   while (st.ingest->tickets.try_dequeue(t))
     st.cycle_tickets.push_back(std::move(t));

@@ -32,7 +32,11 @@ thread_local unsigned slot_cache_next = 0;
 } // namespace
 
 ingest_state::ingest_state(const config& c, uint32_t shard_count)
-  : ids(c.intern_capacity), cfg(c), generation_(next_generation.fetch_add(1)) {
+  : ids(c.intern_capacity),
+    cfg(c),
+    generation_(next_generation.fetch_add(1)),
+    reclaim_at_(ids.limit() / 4 * 3),
+    producer_limit_(ids.limit() - ids.limit() / 16) {
   for (uint32_t i = 0; i < shard_count; ++i)
     shards.push_back(std::make_unique<shard>(c.queue_capacity));
 }
@@ -75,9 +79,18 @@ field_error ingest_state::prepare(const event& ev, producer_slot& slot, queued_e
         slot.rejected.fetch_add(1, std::memory_order_relaxed);
         return {code, static_cast<field>(i)};
       }
+      // Only a first sight gets here, so these checks cost the steady
+      // state nothing.
+      if (ids.size() >= producer_limit_) {
+        request_reclaim();
+        slot.backpressured.fetch_add(1, std::memory_order_relaxed);
+        return {errc::backpressure, field::none};
+      }
       id = ids.intern(text);
       if (id == intern_table::npos)
-        return {errc::intern_full, static_cast<field>(i)};
+        return {errc::intern_full, static_cast<field>(i)};  // out of memory for the text
+      if (ids.size() >= reclaim_at_)
+        request_reclaim();
     }
     q.key.ids[i] = id;
   }
@@ -120,6 +133,10 @@ field_error ingest_state::record(const event& ev, bool wake_now) noexcept {
   producer_scope scope{slot};
   if (closed_.load(std::memory_order_relaxed))
     return {errc::stopped, field::none};
+  if (reclaiming_.load(std::memory_order_acquire)) {  // pairs with end_reclaim: the emptied table
+    slot->backpressured.fetch_add(1, std::memory_order_relaxed);
+    return {errc::backpressure, field::none};
+  }
   queued_event q;
   if (auto err = prepare(ev, *slot, q))
     return err;
@@ -156,6 +173,10 @@ field_error ingest_state::record_all(const event* evs, size_t n, size_t& failed)
   producer_scope scope{slot};
   if (closed_.load(std::memory_order_relaxed))
     return {errc::stopped, field::none};
+  if (reclaiming_.load(std::memory_order_acquire)) {  // pairs with end_reclaim: the emptied table
+    slot->backpressured.fetch_add(n, std::memory_order_relaxed);
+    return {errc::backpressure, field::none};
+  }
   for (size_t i = 0; i < n; ++i) {
     if (auto err = prepare(evs[i], *slot, scratch[i])) {
       failed = i;
@@ -207,8 +228,31 @@ void ingest_state::wake_writer() noexcept {
     caf::anon_send(writer, collect_now_atom::value);
 }
 
+void ingest_state::request_reclaim() noexcept {
+  if (!reclaim_wanted.load(std::memory_order_relaxed) && !reclaim_wanted.exchange(true))
+    request_swap();
+}
+
+void ingest_state::begin_reclaim() noexcept {
+  reclaim_wanted.store(false, std::memory_order_relaxed);
+  reclaiming_.store(true, std::memory_order_relaxed);
+  wait_for_producers();
+}
+
+void ingest_state::end_reclaim() noexcept {
+  ids.clear();
+  counters.id_reclaims.fetch_add(1, std::memory_order_relaxed);
+  reclaiming_.store(false, std::memory_order_release);
+}
+
 void ingest_state::close() noexcept {
   closed_.store(true, std::memory_order_relaxed);
+  wait_for_producers();
+}
+
+void ingest_state::wait_for_producers() noexcept {
+  // Pairs with producer_scope: a producer either sees the flag just set
+  // (closed_ or reclaiming_) or is seen here as active and waited for.
   std::atomic_thread_fence(std::memory_order_seq_cst);
   std::vector<producer_slot*> snapshot;
   {
@@ -245,6 +289,8 @@ void ingest_state::add_counters(stats& out) const noexcept {
   out.deferred_waiting += counters.deferred_waiting.load();
   out.deferred_oldest_seconds += counters.deferred_oldest_seconds.load();
   out.dead_lettered += counters.dead_lettered.load();
+  out.ids_interned += ids.size();
+  out.id_reclaims += counters.id_reclaims.load();
   out.lease_held += counters.lease_held.load();
   out.epoch += counters.epoch.load();
   for (int i = 0; i < 5; ++i)

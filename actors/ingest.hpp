@@ -94,6 +94,7 @@ struct pipeline_counters {
   std::atomic<uint64_t> deferred_waiting{0};         // as the leader last read it; 0 when not leading
   std::atomic<uint64_t> deferred_oldest_seconds{0};
   std::atomic<uint64_t> dead_lettered{0};
+  std::atomic<uint64_t> id_reclaims{0};
   std::atomic<uint64_t> lease_held{0};
   std::atomic<uint64_t> epoch{0};
   std::atomic<uint64_t> redis_switches[5] = {};  // by reason, as stats::redis_switches
@@ -153,6 +154,25 @@ public:
 
   /// Refuses new events and waits until no producer is inside record().
   void close() noexcept;
+
+  /// Reclaiming the id table (the writer's, at a collection cycle). The
+  /// table is bounded and a text's id lives as long as the table, so texts
+  /// seen once (a scan of keys, per-request end users) would fill it for
+  /// good. Instead, once it holds `reclaim_at()` texts a producer asks for
+  /// a reclaim (`reclaim_wanted`, and a cycle now). The writer then
+  /// begin_reclaim()s: record() pushes back (backpressure, nothing refused)
+  /// and it waits until no producer is inside record(), so every id handed
+  /// out is in a shard queue; the cycle's swaps take all of them and turn
+  /// them into texts, and end_reclaim() empties the table and lets
+  /// producers in. Texts still in use are interned again at their next
+  /// sight. A producer meeting a table at `producer_limit()` pushes back
+  /// instead of refusing the event (the room above it is for the tag
+  /// parts the writer interns).
+  void begin_reclaim() noexcept;
+  void end_reclaim() noexcept;
+  uint32_t reclaim_at() const noexcept { return reclaim_at_; }
+  uint32_t producer_limit() const noexcept { return producer_limit_; }
+  std::atomic<bool> reclaim_wanted{false};
   bool closed() const noexcept { return closed_.load(std::memory_order_acquire); }
 
   /// Sum of all producer counters and queue depths into `out`.
@@ -177,9 +197,16 @@ private:
   /// Interns and validates `ev` into `q` (no enqueue).
   field_error prepare(const event& ev, producer_slot& slot, queued_event& q) noexcept;
   void wake(shard& s) noexcept;
+  /// Asks the writer for a reclaim once (see begin_reclaim).
+  void request_reclaim() noexcept;
+  /// Waits until every producer seen inside record() has left it.
+  void wait_for_producers() noexcept;
 
   const uint64_t generation_;
+  const uint32_t reclaim_at_;
+  const uint32_t producer_limit_;
   std::atomic<bool> closed_{false};
+  std::atomic<bool> reclaiming_{false};
   std::mutex slots_mutex_;  // only when a thread records for the first time
   std::vector<std::unique_ptr<producer_slot>> slots_;
   std::atomic<uint32_t> next_shard_{0};

@@ -441,6 +441,8 @@ resp_outcome cmd_status(resp_session& s, const resp_args&, reply_writer& out) {
   t.line("deferred_waiting", st.deferred_waiting);
   t.line("deferred_oldest_seconds", st.deferred_oldest_seconds);
   t.line("dead_lettered", st.dead_lettered);
+  t.line("ids_interned", st.ids_interned);
+  t.line("id_reclaims", st.id_reclaims);
   t.line("lease_held", st.lease_held);
   t.line("epoch", st.epoch);
   for (int i = 0; i < 5; ++i)

@@ -32,6 +32,12 @@ intern_table::~intern_table() {
     std::free(slots_[i].load(std::memory_order_relaxed));
 }
 
+void intern_table::clear() noexcept {
+  for (uint32_t i = 0; i <= mask_; ++i)
+    std::free(slots_[i].exchange(nullptr, std::memory_order_relaxed));
+  size_.store(0, std::memory_order_relaxed);
+}
+
 uint32_t intern_table::intern(std::string_view text) noexcept {
   if (text.empty())
     return 0;

@@ -10,7 +10,9 @@
 // at any time. Id 0 is the empty string ("absent").
 //
 // Bound: at most 7/8 of `capacity` distinct strings; past that intern()
-// returns `npos` and the caller pushes back (errc::intern_full).
+// returns `npos`. The table never forgets a string on its own: its owner
+// empties it with clear() once nothing holds an id of it (the ingest
+// pipeline does so at a collection cycle, ingest.hpp).
 #pragma once
 
 #include <atomic>
@@ -40,8 +42,15 @@ public:
   /// Returns the text of an id from intern(); "" for 0. Thread-safe.
   std::string_view text(uint32_t id) const noexcept;
 
+  /// Forgets every string and frees its memory; ids start over. Not
+  /// thread-safe: the caller makes sure no other thread uses the table and
+  /// no id from before is ever looked up again.
+  void clear() noexcept;
+
   uint32_t size() const noexcept { return size_.load(std::memory_order_relaxed); }
   uint32_t capacity() const noexcept { return mask_ + 1; }
+  /// The most strings the table holds (7/8 of capacity).
+  uint32_t limit() const noexcept { return limit_; }
 
 private:
   struct node;

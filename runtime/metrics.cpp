@@ -190,6 +190,11 @@ std::string render_metrics(const metrics_snapshot& m) {
             s.duplicate_batches);
   w.counter("tally_dead_lettered_total", "Batches that failed to decode, moved to the dead-letter list.",
             s.dead_lettered);
+  w.gauge("tally_ids_interned", "Distinct id texts (keys, users, models, ...) in the id table now.",
+          s.ids_interned);
+  w.counter("tally_id_reclaims_total",
+            "Times the id table was emptied to make room for new texts (it holds intern_capacity x 7/8).",
+            s.id_reclaims);
   w.family("tally_flush_duration_seconds", "histogram",
            "Committed flushes by time spent preparing and in the transaction.");
   uint64_t cumulative = 0;

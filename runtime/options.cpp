@@ -389,8 +389,9 @@ std::vector<option_spec> build_table() {
                      "memory, not throughput.")
         .def(std::to_string(1 << 18)).bounds(1024, 1 << 26).unit("keys"));
   add(integer_option("intern_capacity", kIngest, RT(intern_capacity),
-                     "Distinct identifiers (keys, users, models, ...) the process can hold; rounded "
-                     "up to a power of two. Past it events are refused with intern_full.")
+                     "Distinct identifiers (keys, users, models, ...) the id table holds at once; "
+                     "rounded up to a power of two. Once about two thirds of it are used the table is "
+                     "emptied at a collection (ingest waits a moment; nothing is refused).")
         .def(std::to_string(1 << 20)).bounds(1024, 1 << 30).unit("identifiers"));
 
   // --- Postgres --------------------------------------------------------------

@@ -50,6 +50,24 @@ TEST(InternTable, FullTableSaysNpos) {
   EXPECT_NE(ids.intern("x5"), intern_table::npos);  // known ids still resolve
 }
 
+TEST(InternTable, ClearForgetsEverythingAndTheFullBoundStartsOver) {
+  intern_table ids(1024);
+  for (int round = 0; round < 3; ++round) {
+    for (uint32_t i = 0; i < ids.limit(); ++i)
+      ASSERT_NE(ids.intern("r" + std::to_string(round) + "-" + std::to_string(i)), intern_table::npos);
+    EXPECT_EQ(ids.intern("one more"), intern_table::npos);
+    ids.clear();
+    EXPECT_EQ(ids.size(), 0u);
+    EXPECT_EQ(ids.find("r" + std::to_string(round) + "-7"), intern_table::npos);
+    uint32_t id = ids.intern("one more");
+    ASSERT_NE(id, intern_table::npos);
+    EXPECT_EQ(ids.text(id), "one more");
+    EXPECT_EQ(ids.find("one more"), id);
+    ids.clear();
+  }
+  EXPECT_EQ(ids.intern(""), 0u);  // the empty string keeps id 0
+}
+
 TEST(FlatMap, SumsKeepCapacityAndBound) {
   struct key { uint32_t a, b; };
   flat_map<key, int64_t> m(5000, 16);

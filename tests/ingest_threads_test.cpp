@@ -334,3 +334,86 @@ TEST(IngestThreads, CloseWhileRecordingLosesNothingAccepted) {
   EXPECT_EQ(s.events_accepted, recorded_total.load());
   aggs.clear();
 }
+
+// The id table is emptied while producers record texts it has never seen
+// (every key is new): the writer holds producers back, swaps every shard,
+// turns the maps into texts and only then empties the table, as the buffer
+// writer does. No id may be read after its text was forgotten or reused
+// for another text: each key's sum must come back under its own text.
+TEST(IngestThreads, ReclaimWhileRecordingKeepsEveryTextWithItsSums) {
+  constexpr int producers = 3;
+  constexpr uint64_t per_producer = 6000;
+  config cfg = small_limits();
+  cfg.intern_capacity = 1024;  // 896 texts; 18,000 keys and 50 models go through
+  ingest_state ingest(cfg, 2);
+  std::vector<std::unique_ptr<aggregator_thread>> aggs;
+  for (auto& s : ingest.shards)
+    aggs.push_back(std::make_unique<aggregator_thread>(ingest, *s));
+  auto unique_key = [](int p, uint64_t i) { return "t" + std::to_string(p) + "-u" + std::to_string(i); };
+
+  totals sums;
+  sums.requests_by_thread.assign(producers, 0);
+  std::atomic<int> producers_left{producers};
+  uint64_t reclaims = 0;
+  std::thread writer([&] {
+    for (;;) {
+      bool last = producers_left.load() == 0;
+      bool reclaim = ingest.reclaim_wanted.load() || ingest.ids.size() >= ingest.reclaim_at();
+      if (reclaim)
+        ingest.begin_reclaim();
+      swap_all(ingest, aggs, sums);
+      if (reclaim) {
+        ingest.end_reclaim();
+        ++reclaims;
+      }
+      if (last)
+        return;
+      std::this_thread::sleep_for(std::chrono::microseconds(500));
+    }
+  });
+  std::vector<std::thread> threads;
+  for (int p = 0; p < producers; ++p) {
+    threads.emplace_back([&, p] {
+      for (uint64_t i = 0; i < per_producer; ++i) {
+        std::string k = unique_key(p, i);
+        std::string m = model_text(i);
+        event ev;
+        ev.id(field::key) = k;
+        ev.id(field::model) = m;
+        ev.spend = static_cast<nano_units>(i + 1);
+        ev.ts_ms = fixed_ts;
+        field_error err;
+        while ((err = ingest.record(ev)).code == errc::backpressure) {
+          ingest.wake_mine();
+          std::this_thread::yield();
+        }
+        if (err.code != errc::ok) {
+          ADD_FAILURE() << "record refused: " << to_string(err.code);
+          break;
+        }
+      }
+      ingest.wake_mine();
+      producers_left.fetch_sub(1);
+    });
+  }
+  for (auto& t : threads)
+    t.join();
+  writer.join();
+  ingest.close();
+
+  EXPECT_GE(reclaims, 15u);
+  stats s;
+  ingest.add_counters(s);
+  EXPECT_EQ(s.id_reclaims, reclaims);
+  EXPECT_EQ(s.events_accepted, producers * per_producer);
+  EXPECT_EQ(s.events_rejected, 0u);
+  ASSERT_EQ(sums.by_key.size(), producers * per_producer);
+  for (int p = 0; p < producers; ++p)
+    for (uint64_t i = 0; i < per_producer; ++i) {
+      auto it = sums.by_key.find({unique_key(p, i), model_text(i)});
+      ASSERT_NE(it, sums.by_key.end()) << unique_key(p, i);
+      EXPECT_EQ(it->second.requests, 1);
+      EXPECT_EQ(static_cast<uint64_t>(it->second.spend), i + 1) << unique_key(p, i);
+    }
+  aggs.clear();
+}

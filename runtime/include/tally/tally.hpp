@@ -241,6 +241,8 @@ struct stats {
   uint64_t deferred_waiting = 0;      // increments in tally_spend_deferred as this leader last saw them (0 when not leading)
   uint64_t deferred_oldest_seconds = 0;  // age of the oldest of them
   uint64_t dead_lettered = 0;
+  uint64_t ids_interned = 0;          // distinct id texts in the id table now
+  uint64_t id_reclaims = 0;           // times the id table was emptied to make room (intern_capacity)
   uint64_t lease_held = 0;            // 1 while this instance is the leader
   uint64_t epoch = 0;                 // fencing epoch of the last lease taken
   uint64_t redis_switches[5] = {};    // switches of the active database by reason (redis_switch_reasons)
