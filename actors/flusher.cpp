@@ -27,9 +27,11 @@ using namespace std::chrono;
 // drained by the cycles that follow at once (no waiting out the interval),
 // so the chunk bounds one transaction's size, never what gets flushed. A
 // flush that times out halves the chunk (down to one batch); successes grow
-// it back.
+// it back. Decoded and merged, a chunk takes about 20 times its encoded
+// size in memory (README, "Memory"), hence 8 MiB: about 170,000 rows, whose
+// transaction's fixed cost is already negligible.
 constexpr int max_chunk_batches = 64;
-constexpr uint64_t chunk_bytes = 32u << 20;
+constexpr uint64_t chunk_bytes = 8u << 20;
 /// Deferred increments applied per cycle (one short transaction each).
 constexpr long deferred_per_cycle = 1000;
 // Producers learn from these sets that their batches were applied; a day

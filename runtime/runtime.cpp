@@ -143,9 +143,11 @@ uint64_t journal_tails_cut(const journal_set& js) {
   return n;
 }
 
-/// Rows of own unflushed batches the read path keeps (about 100 bytes
-/// each); past it reads see own events only once flushed, and a counter says so.
-constexpr size_t read_ledger_max_rows = size_t{1} << 20;
+/// Rows of own unflushed batches the read path keeps (about 190 bytes
+/// each, measured: the batch's delta and the row's overlay entry, so 50 MB
+/// at most); past it reads see own events only once flushed, and a counter
+/// says so.
+constexpr size_t read_ledger_max_rows = size_t{1} << 18;
 
 std::string start_impl(runtime::impl& p, const config& cfg, bool with_io) {
   if (p.running || p.stopped)
