@@ -186,7 +186,7 @@ public:
   }
 
   /// The merged rows, sorted by their key texts.
-  std::vector<merged_row> finish() {
+  merged_table finish() {
     // rank[c][id]: the place of that text among the column's distinct
     // texts; texts_[c] is then put in that order, so texts_[c][rank] is it.
     std::vector<std::vector<uint32_t>> rank(keys_);
@@ -217,15 +217,15 @@ public:
           return x[c] < y[c];
       return false;
     });
-    std::vector<merged_row> out(rows_);
+    merged_table out(keys_, measures_);
+    out.keys.resize(rows_ * keys_);
+    out.values.resize(rows_ * measures_);
     for (size_t i = 0; i < rows_; ++i) {
       const uint32_t* key = &ids_[order[i] * keys_];
-      auto& row = out[i];
-      row.keys.reserve(keys_);
       for (size_t c = 0; c < keys_; ++c)
-        row.keys.emplace_back(texts_[c][key[c]]);
+        out.keys[i * keys_ + c] = texts_[c][key[c]];
       const __int128* sum = &sums_[order[i] * measures_];
-      row.values.assign(sum, sum + measures_);
+      std::copy(sum, sum + measures_, out.values.begin() + static_cast<std::ptrdiff_t>(i * measures_));
     }
     return out;
   }
@@ -251,6 +251,7 @@ merged_tables merge_batches(const std::vector<const batch*>& batches) {
       if (int s = spec_index(t.name); s >= 0)
         rows_in[static_cast<size_t>(s)] += t.rows.size();
   for (size_t s = 0; s < specs.size(); ++s) {
+    out[s] = merged_table(specs[s].key_columns().size(), specs[s].measure_columns().size());
     if (rows_in[s] == 0)
       continue;
     table_merger merger(specs[s].key_columns().size(), specs[s].measure_columns().size(), rows_in[s]);
@@ -304,7 +305,7 @@ std::string upsert_sql(const std::string& schema, const rollup_spec& spec) {
          + on_conflict_add(spec);
 }
 
-std::vector<std::string> upsert_params(const rollup_spec& spec, const std::vector<merged_row>& rows) {
+std::vector<std::string> upsert_params(const rollup_spec& spec, const merged_table& rows) {
   size_t nkeys = spec.key_columns().size();
   std::vector<std::string> params;
   params.reserve(nkeys + spec.measures.size());
@@ -312,15 +313,15 @@ std::vector<std::string> upsert_params(const rollup_spec& spec, const std::vecto
   column.reserve(rows.size());
   for (size_t k = 0; k < nkeys; ++k) {
     column.clear();
-    for (const auto& r : rows)
-      column.push_back(r.keys[k]);
+    for (size_t r = 0; r < rows.size(); ++r)
+      column.emplace_back(rows.key(r, k));
     params.push_back(pg_text_array(column));
   }
   for (size_t m = 0; m < spec.measures.size(); ++m) {
     column.clear();
-    for (const auto& r : rows)
-      column.push_back(spec.measures[m] == measure::spend ? format_nano_units(r.values[m])
-                                                            : i128_text(r.values[m]));
+    for (size_t r = 0; r < rows.size(); ++r)
+      column.push_back(spec.measures[m] == measure::spend ? format_nano_units(rows.value(r, m))
+                                                            : i128_text(rows.value(r, m)));
     params.push_back(pg_text_array(column));
   }
   return params;
@@ -340,7 +341,7 @@ std::string stage_table(const rollup_spec& spec) {
 // COPY text format: backslash, tab, newline and carriage return are the
 // only bytes with a meaning inside a field (ids are validated to hold no
 // control characters; escaping anyway keeps a bad id from shifting columns).
-void append_copy_text(std::string& out, const std::string& field) {
+void append_copy_text(std::string& out, std::string_view field) {
   for (char c : field) {
     switch (c) {
       case '\\': out += "\\\\"; break;
@@ -364,23 +365,22 @@ std::string stage_table_ddl(const rollup_spec& spec) {
   return sql + ") ON COMMIT DELETE ROWS";
 }
 
-std::string stage_copy_data(const rollup_spec& spec, const std::vector<merged_row>& rows) {
+std::string stage_copy_data(const rollup_spec& spec, const merged_table& rows) {
   std::string out;
   size_t estimate = 0;
-  for (size_t i = 0; i < std::min<size_t>(rows.size(), 16); ++i)
-    for (const auto& k : rows[i].keys)
-      estimate += k.size() + 1;
-  out.reserve(rows.size() * (estimate / std::max<size_t>(1, std::min<size_t>(rows.size(), 16)) + 16
-                             + 12 * spec.measures.size()));
+  const size_t sample = std::min<size_t>(rows.size(), 16);
+  for (size_t i = 0; i < sample * rows.key_count; ++i)
+    estimate += rows.keys[i].size() + 1;
+  out.reserve(rows.size() * (estimate / std::max<size_t>(1, sample) + 16 + 12 * spec.measures.size()));
   for (size_t r = 0; r < rows.size(); ++r) {
     out += std::to_string(r);
-    for (const auto& k : rows[r].keys) {
+    for (size_t k = 0; k < rows.key_count; ++k) {
       out.push_back('\t');
-      append_copy_text(out, k);
+      append_copy_text(out, rows.key(r, k));
     }
     for (size_t m = 0; m < spec.measures.size(); ++m) {
       out.push_back('\t');
-      out += spec.measures[m] == measure::spend ? format_nano_units(rows[r].values[m]) : i128_text(rows[r].values[m]);
+      out += spec.measures[m] == measure::spend ? format_nano_units(rows.value(r, m)) : i128_text(rows.value(r, m));
     }
     out.push_back('\n');
   }

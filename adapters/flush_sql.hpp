@@ -80,6 +80,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace tally::adapters {
@@ -121,14 +122,34 @@ struct flush_outcome {
   std::chrono::milliseconds transaction_time{0};  // BEGIN .. COMMIT
 };
 
-/// One merged rollup row: key texts in key-column order, measure values.
-struct merged_row {
-  std::vector<std::string> keys;
+/// One rollup's rows, merged and sorted by key, in two flat arrays: row r's
+/// key texts (key-column order) are keys[r * key_count ..], its measures
+/// values[r * measure_count ..]. The texts are views into the batches the
+/// rows came from, which must outlive the table. A row costs its views and
+/// sums, no allocation of its own: a flush's rows are the largest thing a
+/// leader holds.
+struct merged_table {
+  size_t key_count = 0;
+  size_t measure_count = 0;
+  std::vector<std::string_view> keys;
   std::vector<__int128> values;
+
+  merged_table() = default;
+  merged_table(size_t key_columns, size_t measure_columns) : key_count(key_columns), measure_count(measure_columns) {}
+  size_t size() const noexcept { return key_count == 0 ? 0 : keys.size() / key_count; }
+  bool empty() const noexcept { return keys.empty(); }
+  std::string_view key(size_t row, size_t column) const noexcept { return keys[row * key_count + column]; }
+  __int128 value(size_t row, size_t measure) const noexcept { return values[row * measure_count + measure]; }
+  /// Appends a row; `row_keys` and `row_values` hold key_count and
+  /// measure_count entries.
+  void add(const std::string_view* row_keys, const __int128* row_values) {
+    keys.insert(keys.end(), row_keys, row_keys + key_count);
+    values.insert(values.end(), row_values, row_values + measure_count);
+  }
 };
 
 /// Rows per rollup (index = rollup_specs() index), merged and sorted by key.
-using merged_tables = std::vector<std::vector<merged_row>>;
+using merged_tables = std::vector<merged_table>;
 
 /// "" when `t` (its header: name and columns) is a rollup of this build
 /// with the same columns; else why not. Given to decode_batch, it refuses a
@@ -140,6 +161,7 @@ std::string check_table_shape(const batch_table& t);
 std::string check_batch_shape(const batch& b);
 
 /// Sums the rows of `batches` per rollup and key; sorts every table by key.
+/// The tables' texts are views into `batches`.
 merged_tables merge_batches(const std::vector<const batch*>& batches);
 
 /// Formats nano-units as an exact decimal with nine fractional digits.
@@ -152,7 +174,7 @@ std::string upsert_sql(const std::string& schema, const rollup_spec& spec);
 /// The upsert parameters of one rollup's rows: one text-array literal per
 /// key column, then per measure. Built before BEGIN, so the transaction
 /// spends its time in Postgres, not idle while the client formats arrays.
-std::vector<std::string> upsert_params(const rollup_spec& spec, const std::vector<merged_row>& rows);
+std::vector<std::string> upsert_params(const rollup_spec& spec, const merged_table& rows);
 
 /// Runs the upsert of one rollup's rows (inside the caller's transaction).
 /// The unnest apply: kept as the peer the COPY apply is measured against.
@@ -167,7 +189,7 @@ std::string stage_table_ddl(const rollup_spec& spec);
 /// The COPY input (text format) of one rollup's rows for its staging
 /// table, ord counting from 0 in the order given (the key order). Built
 /// before BEGIN, like the unnest parameters.
-std::string stage_copy_data(const rollup_spec& spec, const std::vector<merged_row>& rows);
+std::string stage_copy_data(const rollup_spec& spec, const merged_table& rows);
 
 /// The upsert of one rollup from its staging table, ORDER BY ord.
 std::string staged_upsert_sql(const std::string& schema, const rollup_spec& spec);

@@ -42,6 +42,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <deque>
 #include <memory>
 #include <random>
 #include <thread>
@@ -67,19 +68,48 @@ servers& env() {
   return s;
 }
 
-std::vector<adapters::merged_row> daily_rows(size_t n, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::vector<adapters::merged_row> rows;
-  rows.reserve(n);
-  for (size_t i = 0; i < n; ++i) {
-    adapters::merged_row r;
-    r.keys = {"2026-11-22", "user", "user-" + std::to_string(rng() % 1000), "key-" + std::to_string(i),
-              "gpt-4o", "openai", "/v1/chat/completions"};
-    r.values = {static_cast<__int128>(rng() % 100000000), 10, 20, 0, 0, 1, 1, 0};
-    rows.push_back(std::move(r));
+/// Made-up merged rows and the texts their views point into.
+struct owned_rows {
+  owned_rows(size_t key_count, size_t measure_count) : table(key_count, measure_count) {}
+  owned_rows(const owned_rows&) = delete;  // the views would point into the original
+  owned_rows(owned_rows&&) = default;      // a deque's elements stay where they are
+
+  /// Sorts `rows` by key (the flusher's order) and keeps them.
+  void assign(std::vector<std::pair<std::vector<std::string>, std::vector<__int128>>> rows) {
+    std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+    std::vector<std::string_view> views;
+    for (const auto& [keys, values] : rows) {
+      views.clear();
+      for (const auto& k : keys)
+        views.push_back(texts.emplace_back(k));
+      table.add(views.data(), values.data());
+    }
   }
-  std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.keys < b.keys; });
-  return rows;
+  /// The first `n` rows, as their own table (views into these texts).
+  adapters::merged_table head(size_t n) const {
+    adapters::merged_table out(table.key_count, table.measure_count);
+    out.keys.assign(table.keys.begin(), table.keys.begin() + static_cast<std::ptrdiff_t>(n * table.key_count));
+    out.values.assign(table.values.begin(),
+                      table.values.begin() + static_cast<std::ptrdiff_t>(n * table.measure_count));
+    return out;
+  }
+
+  std::deque<std::string> texts;
+  adapters::merged_table table;
+};
+
+owned_rows daily_rows(size_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<std::pair<std::vector<std::string>, std::vector<__int128>>> rows;
+  rows.reserve(n);
+  for (size_t i = 0; i < n; ++i)
+    rows.push_back({{"2026-11-22", "user", "user-" + std::to_string(rng() % 1000), "key-" + std::to_string(i),
+                     "gpt-4o", "openai", "/v1/chat/completions"},
+                    {static_cast<__int128>(rng() % 100000000), 10, 20, 0, 0, 1, 1, 0}});
+  const auto& spec = rollup_specs()[1];
+  owned_rows out(spec.key_columns().size(), spec.measure_columns().size());
+  out.assign(std::move(rows));
+  return out;
 }
 
 std::string values_sql(const rollup_spec& spec, size_t rows) {
@@ -116,9 +146,8 @@ void BM_Upsert(benchmark::State& state) {
   auto rows = daily_rows(n, 1);
   // Half the rows exist already, so the upsert updates and inserts.
   {
-    std::vector<adapters::merged_row> half(rows.begin(), rows.begin() + n / 2);
     (void)conn->exec("TRUNCATE tally_daily");
-    (void)adapters::upsert_rows(*conn, "public", spec, adapters::upsert_params(spec, half));
+    (void)adapters::upsert_rows(*conn, "public", spec, adapters::upsert_params(spec, rows.head(n / 2)));
   }
   // The staging table lives as long as the session (as in the flusher, which
   // creates it once; later transactions find it).
@@ -127,27 +156,28 @@ void BM_Upsert(benchmark::State& state) {
   for (auto _ : state) {
     (void)conn->exec(strategy == 2 ? "BEGIN; " + adapters::stage_table_ddl(spec) : std::string("BEGIN"));
     if (strategy == 2) {
-      auto staged = adapters::stage_rows(*conn, spec, adapters::stage_copy_data(spec, rows));
+      auto staged = adapters::stage_rows(*conn, spec, adapters::stage_copy_data(spec, rows.table));
       auto r = staged ? adapters::upsert_staged(*conn, "public", spec) : staged;
       if (!r)
         state.SkipWithError(r.error().message.c_str());
       else if (r->affected != static_cast<long>(n))
         state.SkipWithError("the staged upsert did not touch every row");
     } else if (strategy == 0) {
-      auto r = adapters::upsert_rows(*conn, "public", spec, adapters::upsert_params(spec, rows));
+      auto r = adapters::upsert_rows(*conn, "public", spec, adapters::upsert_params(spec, rows.table));
       if (!r)
         state.SkipWithError(r.error().message.c_str());
     } else {
       constexpr size_t per_statement = 1000;
-      for (size_t at = 0; at < rows.size(); at += per_statement) {
-        size_t count = std::min(per_statement, rows.size() - at);
+      const auto& t = rows.table;
+      for (size_t at = 0; at < t.size(); at += per_statement) {
+        size_t count = std::min(per_statement, t.size() - at);
         std::vector<std::string> params;
         for (size_t r = at; r < at + count; ++r) {
-          for (auto& k : rows[r].keys)
-            params.push_back(k);
-          for (size_t m = 0; m < rows[r].values.size(); ++m)
-            params.push_back(m == 0 ? adapters::format_nano_units(rows[r].values[m])
-                                    : std::to_string(static_cast<long long>(rows[r].values[m])));
+          for (size_t k = 0; k < t.key_count; ++k)
+            params.emplace_back(t.key(r, k));
+          for (size_t m = 0; m < t.measure_count; ++m)
+            params.push_back(m == 0 ? adapters::format_nano_units(t.value(r, m))
+                                    : std::to_string(static_cast<long long>(t.value(r, m))));
         }
         auto res = conn->exec_params(values_sql(spec, count), params);
         if (!res)
@@ -186,9 +216,13 @@ std::vector<adapters::batch> generated_batches(size_t count, uint64_t events) {
 }
 
 // The merge as it was: a joined key string per row, each first row copied.
-adapters::merged_tables merge_before(const std::vector<const adapters::batch*>& batches) {
+struct row_before {
+  std::vector<std::string> keys;
+  std::vector<__int128> values;
+};
+std::vector<std::vector<row_before>> merge_before(const std::vector<const adapters::batch*>& batches) {
   const auto& specs = rollup_specs();
-  adapters::merged_tables out(specs.size());
+  std::vector<std::vector<row_before>> out(specs.size());
   std::vector<std::unordered_map<std::string, size_t>> index(specs.size());
   for (const auto* b : batches)
     for (const auto& t : b->tables) {
@@ -213,8 +247,7 @@ adapters::merged_tables merge_before(const std::vector<const adapters::batch*>& 
       }
     }
   for (auto& rows : out)
-    std::sort(rows.begin(), rows.end(),
-              [](const adapters::merged_row& a, const adapters::merged_row& b) { return a.keys < b.keys; });
+    std::sort(rows.begin(), rows.end(), [](const row_before& a, const row_before& b) { return a.keys < b.keys; });
   return out;
 }
 
@@ -228,12 +261,21 @@ void BM_Merge(benchmark::State& state) {
     in += b.row_count();
   }
   size_t merged = 0;
-  for (auto _ : state) {
-    auto out = now ? adapters::merge_batches(ptrs) : merge_before(ptrs);
+  auto count = [&](const auto& out) {
     merged = 0;
     for (const auto& rows : out)
       merged += rows.size();
-    benchmark::DoNotOptimize(out);
+  };
+  for (auto _ : state) {
+    if (now) {
+      auto out = adapters::merge_batches(ptrs);
+      count(out);
+      benchmark::DoNotOptimize(out);
+    } else {
+      auto out = merge_before(ptrs);
+      count(out);
+      benchmark::DoNotOptimize(out);
+    }
   }
   state.counters["rows_in"] = static_cast<double>(in);
   state.counters["rows_out"] = static_cast<double>(merged);
@@ -304,8 +346,8 @@ void BM_ApplySteady(benchmark::State& state) {
   }
   (void)conn->exec("TRUNCATE " + adapters::qualified_table(schema, spec.table));
   auto rows = daily_rows(n, 1);
-  const std::string data = adapters::stage_copy_data(spec, rows);
-  auto params = adapters::upsert_params(spec, rows);
+  const std::string data = adapters::stage_copy_data(spec, rows.table);
+  auto params = adapters::upsert_params(spec, rows.table);
   auto apply = [&]() -> bool {
     if (!conn->exec(now ? "BEGIN; " + adapters::stage_table_ddl(spec) : std::string("BEGIN")))
       return false;
@@ -344,13 +386,14 @@ void BM_DeferPass(benchmark::State& state) {
   const size_t n = static_cast<size_t>(state.range(1));
   auto conn = adapters::pg_client::connect(env().pg.url(), 5000ms);
   const auto& spec = rollup_specs()[0];
-  std::vector<adapters::merged_row> rows;
+  std::vector<std::pair<std::vector<std::string>, std::vector<__int128>>> made;
   for (size_t i = 0; i < n; ++i)
-    rows.push_back({{"key", "", "entity-" + std::to_string(i)}, {42000, 10, 20, 0, 0, 1, 1, 0}});
-  std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.keys < b.keys; });
+    made.push_back({{"key", "", "entity-" + std::to_string(i)}, {42000, 10, 20, 0, 0, 1, 1, 0}});
+  owned_rows rows(spec.key_columns().size(), spec.measure_columns().size());
+  rows.assign(std::move(made));
   (void)conn->exec("TRUNCATE tally_spend, tally_spend_deferred");
-  (void)adapters::upsert_rows(*conn, "public", spec, adapters::upsert_params(spec, rows));
-  const std::string data = adapters::stage_copy_data(spec, rows);
+  (void)adapters::upsert_rows(*conn, "public", spec, adapters::upsert_params(spec, rows.table));
+  const std::string data = adapters::stage_copy_data(spec, rows.table);
   for (auto _ : state) {
     (void)conn->exec("BEGIN; " + adapters::stage_table_ddl(spec));
     auto r = adapters::stage_rows(*conn, spec, data);

@@ -385,9 +385,17 @@ TEST(MergeBatches, SumsRepeatsAndSortsByKeyTexts) {
   for (size_t s = 0; s < specs.size(); ++s) {
     ASSERT_EQ(merged[s].size(), want[s].size()) << specs[s].table;
     size_t i = 0;
+    ASSERT_EQ(merged[s].key_count, specs[s].key_columns().size());
+    ASSERT_EQ(merged[s].measure_count, specs[s].measure_columns().size());
     for (const auto& [keys, values] : want[s]) {
-      EXPECT_EQ(merged[s][i].keys, keys) << specs[s].table << " row " << i;
-      EXPECT_TRUE(merged[s][i].values == values) << specs[s].table << " row " << i;
+      std::vector<std::string> got_keys;
+      for (size_t k = 0; k < merged[s].key_count; ++k)
+        got_keys.emplace_back(merged[s].key(i, k));
+      std::vector<__int128> got_values;
+      for (size_t m = 0; m < merged[s].measure_count; ++m)
+        got_values.push_back(merged[s].value(i, m));
+      EXPECT_EQ(got_keys, keys) << specs[s].table << " row " << i;
+      EXPECT_TRUE(got_values == values) << specs[s].table << " row " << i;
       ++i;
     }
     rows_out += merged[s].size();
