@@ -83,8 +83,7 @@ field_error ingest_state::prepare(const event& ev, producer_slot& slot, queued_e
       // state nothing.
       if (ids.size() >= producer_limit_) {
         request_reclaim();
-        slot.backpressured.fetch_add(1, std::memory_order_relaxed);
-        return {errc::backpressure, field::none};
+        return {errc::backpressure, field::none};  // counted by the caller, per event refused
       }
       id = ids.intern(text);
       if (id == intern_table::npos)
@@ -138,8 +137,11 @@ field_error ingest_state::record(const event& ev, bool wake_now) noexcept {
     return {errc::backpressure, field::none};
   }
   queued_event q;
-  if (auto err = prepare(ev, *slot, q))
+  if (auto err = prepare(ev, *slot, q)) {
+    if (err.code == errc::backpressure)
+      slot->backpressured.fetch_add(1, std::memory_order_relaxed);
     return err;
+  }
   if (slot->home->full.load(std::memory_order_relaxed) || !slot->home->queue.enqueue(slot->token, q)) {
     slot->backpressured.fetch_add(1, std::memory_order_relaxed);
     return {errc::backpressure, field::none};
@@ -180,6 +182,10 @@ field_error ingest_state::record_all(const event* evs, size_t n, size_t& failed)
   for (size_t i = 0; i < n; ++i) {
     if (auto err = prepare(evs[i], *slot, scratch[i])) {
       failed = i;
+      if (err.code == errc::backpressure) {
+        failed = n;  // as for a full queue: the whole transaction waits
+        slot->backpressured.fetch_add(n, std::memory_order_relaxed);
+      }
       return err;
     }
   }
