@@ -143,8 +143,8 @@ uint64_t journal_tails_cut(const journal_set& js) {
   return n;
 }
 
-/// Rows of own unflushed batches the read path keeps (about 190 bytes
-/// each, measured: the batch's delta and the row's overlay entry, so 50 MB
+/// Rows of own unflushed batches the read path keeps (190-270 bytes each,
+/// measured: the batch's delta and the row's overlay entry, so about 70 MB
 /// at most); past it reads see own events only once flushed, and a counter
 /// says so.
 constexpr size_t read_ledger_max_rows = size_t{1} << 18;

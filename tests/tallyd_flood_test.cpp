@@ -101,10 +101,10 @@ TEST_F(Flood, DistinctKeysAllCountedWithinTheMemoryBound) {
   // README, "Memory": idle RSS + shards x (max_keys_per_shard + 4 x
   // queue_capacity) x 1.5 KiB + intern_capacity x 160 B + connections x 2 x
   // resp_max_buffered_bytes (the default 4 MiB, one connection at a time),
-  // and with a postgres_url 170 MB for a flush chunk and 50 MB for the read
+  // and with a postgres_url 170 MB for a flush chunk and 70 MB for the read
   // path's ledger of own writes.
   const long long bound = idle_rss + shards * (max_keys + 4 * queue_capacity) * 1536 + intern_capacity * 160 +
-                          2 * (4LL << 20) + 170'000'000 + 50'000'000;
+                          2 * (4LL << 20) + 170'000'000 + 70'000'000;
   std::printf("flood: idle RSS %.1f MB, after round %d %.1f MB, peak %.1f MB, bound %.1f MB; accepted %lld, "
               "refused %lld; id table reclaimed %lld times, %lld texts in it\n",
               idle_rss / 1e6, rounds, rss_after_last / 1e6, peak / 1e6, bound / 1e6, accepted, refused, reclaims,
