@@ -154,6 +154,7 @@ public:
 
   /// Refuses new events and waits until no producer is inside record().
   void close() noexcept;
+  bool closed() const noexcept { return closed_.load(std::memory_order_acquire); }
 
   /// Reclaiming the id table (the writer's, at a collection cycle). The
   /// table is bounded and a text's id lives as long as the table, so texts
@@ -173,7 +174,6 @@ public:
   uint32_t reclaim_at() const noexcept { return reclaim_at_; }
   uint32_t producer_limit() const noexcept { return producer_limit_; }
   std::atomic<bool> reclaim_wanted{false};
-  bool closed() const noexcept { return closed_.load(std::memory_order_acquire); }
 
   /// Sum of all producer counters and queue depths into `out`.
   void add_counters(stats& out) const noexcept;

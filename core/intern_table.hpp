@@ -6,8 +6,8 @@
 // atomic node pointers: a lookup of a known string takes no lock and
 // allocates nothing; the first sight of a new string allocates its node and
 // publishes it with one CAS. Ids are slot indexes and never change or go away
-// for the life of the table, so any thread may turn an id back into its text
-// at any time. Id 0 is the empty string ("absent").
+// until clear(), so any thread may turn an id back into its text at any time
+// before that. Id 0 is the empty string ("absent").
 //
 // Bound: at most 7/8 of `capacity` distinct strings; past that intern()
 // returns `npos`. The table never forgets a string on its own: its owner
