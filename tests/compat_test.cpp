@@ -35,16 +35,6 @@ std::string find_tool(std::initializer_list<const char*> names) {
   return "";
 }
 
-/// psql's answer, or "" while the query fails (the tables appear once the
-/// first leader has migrated the schema).
-std::string try_psql(postgres_server& pg, const std::string& sql) {
-  try {
-    return pg.psql(sql);
-  } catch (const std::exception&) {
-    return "";
-  }
-}
-
 /// The `told <TAB> key <TAB> n` lines of a client script.
 std::map<std::string, long long> told_counts(const std::string& out) {
   std::map<std::string, long long> told;
@@ -97,8 +87,8 @@ protected:
       want += key + "|" + std::to_string(n) + "\n";
     }
     const std::string sum_sql = "SELECT coalesce(sum(requests), 0) FROM " + ns + ".tally_spend WHERE entity_type = 'key'";
-    EXPECT_TRUE(wait_for([&] { return try_psql(*postgres_, sum_sql) == std::to_string(total) + "\n"; }, 60s))
-      << try_psql(*postgres_, sum_sql) << " requests in Postgres, " << total << " told OK\n" << out << slurp(d.log);
+    EXPECT_TRUE(wait_for([&] { return postgres_->psql_or_empty(sum_sql) == std::to_string(total) + "\n"; }, 60s))
+      << postgres_->psql_or_empty(sum_sql) << " requests in Postgres, " << total << " told OK\n" << out << slurp(d.log);
     EXPECT_EQ(postgres_->psql("SELECT entity_id || '|' || requests FROM " + ns
                               + ".tally_spend WHERE entity_type = 'key' ORDER BY entity_id COLLATE \"C\""),
               want);
@@ -161,6 +151,6 @@ TEST_F(ClientCompat, RedisCliPipe) {
                                         + " --no-auth-warning --pipe < " + file}, 120s);
   EXPECT_NE(out.find("errors: 1, replies: 10001"), std::string::npos) << out;
   const std::string sum_sql = "SELECT coalesce(sum(requests), 0) FROM " + ns + ".tally_spend WHERE entity_type = 'key'";
-  EXPECT_TRUE(wait_for([&] { return try_psql(*postgres_, sum_sql) == "10000\n"; }, 60s)) << try_psql(*postgres_, sum_sql);
+  EXPECT_TRUE(wait_for([&] { return postgres_->psql_or_empty(sum_sql) == "10000\n"; }, 60s)) << postgres_->psql_or_empty(sum_sql);
   EXPECT_EQ(d.terminate(), 0) << slurp(d.log);
 }

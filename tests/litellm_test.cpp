@@ -68,7 +68,7 @@ protected:
 
     // Every event is in tally_minute once its batch is applied.
     const std::string sum_sql = "SELECT coalesce(sum(requests), 0) FROM " + ns + ".tally_minute";
-    ASSERT_TRUE(wait_for([&] { return postgres_->psql(sum_sql) == std::to_string(events) + "\n"; }, 60s))
+    ASSERT_TRUE(wait_for([&] { return postgres_->psql_or_empty(sum_sql) == std::to_string(events) + "\n"; }, 60s))
       << postgres_->psql(sum_sql) << slurp(d.log);
 
     const spend_rows actual = read_spend(*postgres_, ns);

@@ -68,7 +68,7 @@ protected:
     ASSERT_FALSE(feed.rows.empty()) << out;
 
     const std::string sum_sql = "SELECT coalesce(sum(requests), 0) FROM " + ns + ".tally_minute";
-    ASSERT_TRUE(wait_for([&] { return postgres_->psql(sum_sql) == std::to_string(events) + "\n"; }, 60s))
+    ASSERT_TRUE(wait_for([&] { return postgres_->psql_or_empty(sum_sql) == std::to_string(events) + "\n"; }, 60s))
       << postgres_->psql(sum_sql) << slurp(d.log);
     EXPECT_EQ(diff_spend(feed.rows, read_spend(*postgres_, ns)), "") << "feed.js said:\n" << out;
     // 0.1 + 0.2 is 0.30000000000000004 as a double: sent as that text, it is

@@ -1108,6 +1108,14 @@ std::string postgres_server::psql(const std::string& sql) const {
   return run_psql("tally", sql);
 }
 
+std::string postgres_server::psql_or_empty(const std::string& sql) const {
+  try {
+    return psql(sql);
+  } catch (const std::runtime_error&) {
+    return {};
+  }
+}
+
 std::string postgres_server::run_psql(const std::string& database, const std::string& sql) const {
   spawn_spec spec;
   spec.argv = {pg_bin("psql"), "-h", "127.0.0.1", "-p", std::to_string(port_), "-U", "postgres",

@@ -208,6 +208,9 @@ public:
 
   /// Runs SQL through psql and returns its unaligned, tuples-only output.
   std::string psql(const std::string& sql) const;
+  /// As psql(), but "" when psql fails: for polls that may start before
+  /// tallyd's migration has created the table they read.
+  std::string psql_or_empty(const std::string& sql) const;
 
 private:
   /// Starts once on port_; returns false if another process holds the port.
