@@ -37,6 +37,10 @@ constexpr long deferred_per_cycle = 1000;
 // Producers learn from these sets that their batches were applied; a day
 // outlives any producer's retention window.
 constexpr milliseconds applied_marker_ttl = hours(24);
+// Applied ids a failed report did not deliver are sent with the next one,
+// up to this many (about 3 MB); past it the oldest go, and their producers
+// re-push them after repush_after, a copy the dedup table skips.
+constexpr size_t max_unreported_ids = size_t{1} << 16;
 
 enum class cycle_result {
   drained,  // nothing left in `batches` or in flight
@@ -75,6 +79,7 @@ struct flusher_state {
   bool priority_known = false;    // deadlock priority checked on this Postgres
   bool deadlock_priority = false;
   bool deferred_left = true;      // tally_spend_deferred may hold increments to apply
+  std::vector<std::string> unreported;  // applied batch ids no report has delivered yet
   backoff retry{milliseconds(50), milliseconds(2000)};
 };
 
@@ -189,6 +194,33 @@ std::string invalidation_of(const std::vector<adapters::batch>& batches, const s
     });
   }
   return encode_invalidation(m);
+}
+
+/// Tells producers which batches were applied, in the active database
+/// (where their retention looks first), with whatever an earlier report
+/// failed to deliver. Best effort: what still fails waits for the next
+/// report or cycle rather than for a producer's repush_after.
+void report_applied(flusher_state& st, std::vector<std::string> ids) {
+  const size_t carried = st.unreported.size();
+  // New ids first: past the bound the oldest are dropped.
+  ids.insert(ids.end(), std::make_move_iterator(st.unreported.begin()), std::make_move_iterator(st.unreported.end()));
+  st.unreported.clear();
+  if (ids.empty())
+    return;
+  if (st.redis.ensure()) {
+    auto marked = st.redis.check(st.ctx->keys.mark_applied(*st.redis.client, ids, applied_marker_ttl));
+    if (marked) {
+      if (carried > 0)
+        TALLY_INFO("flusher", "told producers of " << carried << " applied batches an earlier report missed");
+      return;
+    }
+    if (carried == 0)  // once per failing stretch, not once per cycle
+      TALLY_WARN("flusher", "telling producers what was applied failed, kept for the next report: "
+                              << marked.error().message);
+  }
+  if (ids.size() > max_unreported_ids)
+    ids.resize(max_unreported_ids);
+  st.unreported = std::move(ids);
 }
 
 void stop_leading(flusher_actor* self) {
@@ -363,21 +395,18 @@ cycle_result run_cycle(flusher_actor* self, source_io& io) {
   uint64_t publish_seq = out->batches_new > 0 ? ++st.publish_seq : 0;
   // Producers look for their applied ids and for invalidations in the
   // active database, whichever database the batches came from. Both are
-  // best effort: a lost marker costs a re-push the dedup table skips, a
-  // lost invalidation a gap every reader sees.
-  if (st.redis.ensure()) {
-    std::vector<std::string> ids;
-    ids.reserve(decoded.size());
-    for (const auto& b : decoded)
-      ids.push_back(b.id);
-    auto marked = st.redis.check(st.ctx->keys.mark_applied(*st.redis.client, ids, applied_marker_ttl));
-    if (!marked)
-      TALLY_WARN("flusher", "telling producers what was applied failed: " << marked.error().message);
-    // A failed command may have dropped the connection: look before using it.
-    if (out->batches_new > 0 && st.redis.client)
-      (void)st.redis.check(st.ctx->keys.publish_invalidation(
-          *st.redis.client, invalidation_of(decoded, st.ctx->instance, st.epoch, publish_seq)));
-  }
+  // best effort: a marker that cannot be delivered within
+  // max_unreported_ids costs a re-push the dedup table skips, a lost
+  // invalidation a gap every reader sees.
+  std::vector<std::string> ids;
+  ids.reserve(decoded.size());
+  for (const auto& b : decoded)
+    ids.push_back(b.id);
+  report_applied(st, std::move(ids));
+  // A failed command may have dropped the connection: look before using it.
+  if (out->batches_new > 0 && st.redis.client)
+    (void)st.redis.check(st.ctx->keys.publish_invalidation(
+      *st.redis.client, invalidation_of(decoded, st.ctx->instance, st.epoch, publish_seq)));
   bool inflight_left = static_cast<long long>(items->size()) == window;  // may hold more
   return left > 0 || inflight_left ? cycle_result::more : cycle_result::drained;
 }
@@ -394,7 +423,10 @@ cycle_result active_cycle(flusher_actor* self) {
   src.display = st.redis.db_display();
   src.client.reset();  // the link is its connection now
   source_io io{st, src, true};
-  return run_cycle(self, io);
+  auto r = run_cycle(self, io);
+  if (r == cycle_result::drained && !st.unreported.empty())
+    report_applied(st, {});  // nothing was applied this cycle to carry them
+  return r;
 }
 
 /// Cycles on every other configured database that may be reachable (its

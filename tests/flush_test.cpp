@@ -30,6 +30,7 @@
 #include <fstream>
 #include <map>
 #include <random>
+#include <regex>
 #include <sstream>
 #include <sys/wait.h>
 #include <thread>
@@ -576,6 +577,38 @@ TEST(Flush, RedisLosingBatchesIsRepairedByRetention) {
   ASSERT_TRUE(wait_for([&] { return p.stat("repushed") > 0; }, 60s)) << slurp(p.log);
   ASSERT_TRUE(wait_for([&] { return redis_drained(redis, {"p"}) && p.stat("flushes") > 0; }, 60s)) << slurp(p.log);
   stop_node(p);
+  expect_postgres_equals(pg, reference(0, n));
+}
+
+// The leader's report of applied batch ids fails (the producer's applied
+// set is, for a while, a key of the wrong type). The leader keeps the ids
+// and delivers them with a later report once the key is usable again, so
+// the producer's retention lets its batches go within seconds, long before
+// repush_after would have re-pushed them all.
+TEST(Flush, FailedApplyReportIsDeliveredLater) {
+  redis_server redis;
+  postgres_server pg;
+  procs ps("flush");
+  constexpr uint64_t n = 20'000;
+  ASSERT_EQ(redis_command(redis.port(), {"SET", key("applied:p"), "not a set"}).value, "OK");
+  auto args = producer_args(redis.url(), "p", 0, n);
+  args.insert(args.end(), {"--opt", "repush_after=300s", "--wait-applied-ms", "60000"});
+  auto& producer = ps.start("report-p", args);
+  auto& a = ps.start("report-a", node_args(redis.url(), pg.url(), "a"));
+  ASSERT_TRUE(wait_for([&] { return contains(producer.log, "driver: recorded all"); }, 60s)) << slurp(producer.log);
+  ASSERT_TRUE(wait_for([&] { return contains(a.log, "telling producers what was applied failed"); }, 60s))
+    << slurp(a.log);
+  ASSERT_TRUE(wait_for([&] { return producer.stat("batches") > 0 && producer.stat("pending") == 0 && redis_drained(redis, {"a"}); }, 60s))
+    << slurp(a.log);
+  EXPECT_FALSE(contains(producer.log, "driver: all applied")) << "the report was blocked; nothing can be confirmed yet";
+  ASSERT_EQ(redis_int(redis, {"DEL", key("applied:p")}), 1);
+  expect_exit_ok(producer, 90s);
+  EXPECT_TRUE(contains(producer.log, "driver: all applied")) << slurp(producer.log);
+  // Confirmed by the report, not by copies of the batches.
+  EXPECT_TRUE(contains(producer.log, " repushed=0")) << slurp(producer.log);
+  EXPECT_FALSE(std::regex_search(slurp(producer.log), std::regex(" repushed=[1-9]"))) << slurp(producer.log);
+  EXPECT_TRUE(contains(a.log, "an earlier report missed")) << slurp(a.log);
+  stop_node(a);
   expect_postgres_equals(pg, reference(0, n));
 }
 

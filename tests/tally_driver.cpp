@@ -124,13 +124,15 @@ int main(int argc, char** argv) {
   std::thread progress([&] {
     while (!finished.load()) {
       auto s = rt.snapshot();
-      std::fprintf(stdout, "driver: recorded=%llu batches=%llu stage1_failures=%llu pending=%llu flushes=%llu lease=%llu%s\n",
+      std::fprintf(stdout, "driver: recorded=%llu batches=%llu stage1_failures=%llu pending=%llu flushes=%llu lease=%llu "
+                   "retained=%llu repushed=%llu%s\n",
                    static_cast<unsigned long long>(recorded.load()),
                    static_cast<unsigned long long>(s.batches_written),
                    static_cast<unsigned long long>(s.stage1_failures),
                    static_cast<unsigned long long>(s.pending_batches),
                    static_cast<unsigned long long>(s.flushes),
-                   static_cast<unsigned long long>(s.lease_held), tally::testing::fleet_status(rt).c_str());
+                   static_cast<unsigned long long>(s.lease_held), static_cast<unsigned long long>(s.retained),
+                   static_cast<unsigned long long>(s.repushed), tally::testing::fleet_status(rt).c_str());
       std::fflush(stdout);
       std::this_thread::sleep_for(std::chrono::milliseconds(200));
     }
