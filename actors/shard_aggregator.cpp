@@ -84,6 +84,8 @@ shard_aggregator::turn_result shard_aggregator::turn() {
     return turn_result::paused;
   if (n >= events_per_turn)
     return turn_result::more;
+  if (n > 0)
+    return turn_result::linger;
   // Pairs with ingest_state::wake(): either this recheck sees the producer's
   // event, or the producer sees `sleeping` and wakes us.
   home_.sleeping.store(true, std::memory_order_relaxed);

@@ -17,6 +17,7 @@
 
 #include "actors/ingest.hpp"
 
+#include <chrono>
 #include <utility>
 #include <vector>
 
@@ -30,11 +31,23 @@ public:
     more,    // the queue still holds events: take another turn soon
     asleep,  // the queue is empty and `sleeping` is set: a producer wakes us
     paused,  // the map is at its key limit: only a swap resumes draining
+    linger,  // events came and the queue is empty now: look again after
+             // linger_interval, staying awake so that producers send no
+             // wake-up meanwhile
   };
 
+  /// Under load a wake-up per producer burst (a RESP read) costs more than
+  /// the aggregation it triggers: a CAF message, and a worker thread woken
+  /// or polling for it. Awake, the aggregator instead looks at the queue
+  /// this often; a turn that finds nothing goes to sleep, so an idle shard
+  /// costs nothing. Events wait at most this long, well inside
+  /// buffer_interval, and a swap drains whatever waits.
+  static constexpr std::chrono::microseconds linger_interval{1000};
+
   /// Drains up to one turn's worth of events (then the thread is yielded to
-  /// others), updates the producers' `full` flag, and goes to sleep with the
-  /// lost-wake-up check when the queue is empty (see ingest_state::wake).
+  /// others), updates the producers' `full` flag, lingers when it found
+  /// events, and goes to sleep with the lost-wake-up check when it found
+  /// none (see ingest_state::wake).
   turn_result turn();
 
   /// Takes everything enqueued so far, past the key limit if need be (a

@@ -160,6 +160,14 @@ std::string start_impl(runtime::impl& p, const config& cfg, bool with_io) {
   uint32_t shards = cfg.shards != 0 ? cfg.shards : cores;
   p.system_config = std::make_unique<caf::actor_system_config>();
   p.system_config->set("scheduler.max-threads", static_cast<size_t>(cfg.worker_threads != 0 ? cfg.worker_threads : cores));
+  // An idle CAF worker polls its queue, then sleeps 50 us at a time for up
+  // to 25 ms ("moderate" polling), then waits on a condition variable.
+  // Aggregators under load take a turn every millisecond (linger_interval),
+  // which kept the workers in that 50 us loop for good: a fifth of a core
+  // in wake-ups, taken from whatever shares the box. Skipping it, a worker
+  // waits on the condition variable at once; a message to it then costs
+  // its sender a futex wake, which the linger makes rare on the hot path.
+  p.system_config->set("work-stealing.moderate-poll-attempts", size_t{0});
   if (with_io)
     p.system_config->load<caf::io::middleman>();
   p.system = std::make_unique<caf::actor_system>(*p.system_config);

@@ -96,7 +96,8 @@ private:
         awake = true;  // a producer's wake-up
       if (awake) {
         auto r = core_.turn();
-        awake = r == shard_aggregator::turn_result::more;
+        // Lingering, the actor looks again after a pause; here at once.
+        awake = r == shard_aggregator::turn_result::more || r == shard_aggregator::turn_result::linger;
         paused = r == shard_aggregator::turn_result::paused;
       } else {
         std::this_thread::yield();
