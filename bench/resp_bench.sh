@@ -37,11 +37,13 @@ free_port() {
 redis_port=$(free_port)
 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" \
   >"$work/redis.log" 2>&1 &
+redis_pid=$!
 pids+=($!)
 tally_port=$(free_port)
 # shellcheck disable=SC2086  # LISTENER_ARGS is a list of options
 "$listener" --redis "redis://127.0.0.1:$redis_port" --port "$tally_port" --ns bench --state-dir "$work/state" ${LISTENER_ARGS:-} \
   >"$work/listener.out" 2>"$work/listener.log" &
+tally_pid=$!
 pids+=($!)
 for _ in $(seq 100); do
   redis-cli -p "$redis_port" PING >/dev/null 2>&1 && redis-cli -p "$tally_port" PING >/dev/null 2>&1 && break
@@ -63,16 +65,31 @@ echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -
 echo "redis:   $(redis-server --version | cut -d' ' -f3)"
 echo "SET:     ${set_cmd[*]}"
 echo "TALLY:   ${tally_cmd[*]}   (listener ${LISTENER_ARGS:-defaults})"
+# CPU seconds (user + system, all threads) a server spent per million
+# requests in a round: steadier than ops/s on a shared box, and it counts
+# what a server takes from the client sharing its cores.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+cpu_per_m() { echo "($2 - $1) / $(getconf CLK_TCK) / ($requests / 1000000)" | bc -l; }
 sets=()
 tallies=()
+set_cpus=()
+tally_cpus=()
 for r in $(seq "$rounds"); do
+  c0=$(ticks "$redis_pid")
   s=$(rps "${set_cmd[@]}")
+  c1=$(ticks "$redis_pid")
+  c2=$(ticks "$tally_pid")
   t=$(rps "${tally_cmd[@]}")
+  c3=$(ticks "$tally_pid")
   sets+=("$s")
   tallies+=("$t")
-  printf 'round %d: SET %12.0f ops/s   TALLY.RECORD %12.0f ops/s   ratio %.2f\n' "$r" "$s" "$t" \
-    "$(echo "$t / $s" | bc -l)"
+  set_cpus+=("$(cpu_per_m "$c0" "$c1")")
+  tally_cpus+=("$(cpu_per_m "$c2" "$c3")")
+  printf 'round %d: SET %12.0f ops/s   TALLY.RECORD %12.0f ops/s   ratio %.2f   CPU s per 1M: SET %.2f TALLY %.2f\n' \
+    "$r" "$s" "$t" "$(echo "$t / $s" | bc -l)" "${set_cpus[-1]}" "${tally_cpus[-1]}"
 done
+printf 'median CPU s per 1M requests: redis-server SET %.2f   tally TALLY.RECORD %.2f\n' \
+  "$(printf '%s\n' "${set_cpus[@]}" | median)" "$(printf '%s\n' "${tally_cpus[@]}" | median)"
 set_med=$(printf '%s\n' "${sets[@]}" | median)
 tally_med=$(printf '%s\n' "${tallies[@]}" | median)
 printf 'median:  SET %12.0f ops/s   TALLY.RECORD %12.0f ops/s   ratio %.2f\n' "$set_med" "$tally_med" \

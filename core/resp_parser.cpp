@@ -29,6 +29,23 @@ bool parse_length(const char* p, const char* end, int64_t& out) noexcept {
   return true;
 }
 
+/// The common bulk header "$<1-18 digits>\r\n", read in one pass: memchr's
+/// call costs more than the few bytes it scans, twelve times a request.
+/// False for anything else, which find_header and parse_length then judge
+/// (the same '\r' and value when this succeeds: no '\r' precedes it).
+bool fast_bulk_header(const char* h, size_t size, size_t& line_end, int64_t& len) noexcept {
+  const size_t limit = size < 20 ? size : 20;  // '$', 18 digits, '\r'
+  size_t i = 1;
+  int64_t v = 0;
+  for (; i < limit && h[i] >= '0' && h[i] <= '9'; ++i)
+    v = v * 10 + (h[i] - '0');
+  if (i == 1 || i == limit || h[i] != '\r' || i + 1 >= size || h[i + 1] != '\n')
+    return false;
+  line_end = i;
+  len = v;
+  return true;
+}
+
 /// Finds the header line that starts at data[0] (the type byte). On success
 /// `line_end` is the index of its '\r' and the line ends 2 bytes later.
 parse_status find_header(const char* data, size_t size, size_t& line_end) noexcept {
@@ -138,15 +155,17 @@ parse_result request_parser::parse_multibulk(const char* data, size_t size) {
       unexpected_ = data[pos];
       return fail(protocol_errc::expected_bulk);
     }
-    switch (find_header(data + pos, size - pos, line_end)) {
-      case parse_status::incomplete: return incomplete;
-      case parse_status::error: return fail(protocol_errc::header_too_long);
-      case parse_status::complete: break;
-    }
     int64_t len = 0;
     const char* header = data + pos;
-    if (header[line_end + 1] != '\n' || !parse_length(header + 1, header + line_end, len) || len < 0)
-      return fail(protocol_errc::bad_bulk_length);
+    if (!fast_bulk_header(header, size - pos, line_end, len)) {
+      switch (find_header(header, size - pos, line_end)) {
+        case parse_status::incomplete: return incomplete;
+        case parse_status::error: return fail(protocol_errc::header_too_long);
+        case parse_status::complete: break;
+      }
+      if (header[line_end + 1] != '\n' || !parse_length(header + 1, header + line_end, len) || len < 0)
+        return fail(protocol_errc::bad_bulk_length);
+    }
     if (static_cast<uint64_t>(len) > limits_.max_bulk_bytes)
       return fail(protocol_errc::bulk_too_big);
     pos += line_end + 2;

@@ -109,6 +109,35 @@ TEST(RespParser, ProtocolErrors) {
   }
 }
 
+// Bulk headers are read by a one-pass fast path with a general fallback;
+// every shape at the edge between the two gets the general path's verdict.
+TEST(RespParser, BulkHeaderEdges) {
+  request_parser p;
+  auto parse = [&](const std::string& in) { return p.parse(in.data(), in.size()); };
+  // 18 digits is the most a length may have; leading zeros are allowed.
+  auto r = parse("*1\r\n$000000000000000003\r\nabc\r\n");
+  ASSERT_EQ(r.status, parse_status::complete);
+  ASSERT_EQ(p.args().size(), 1u);
+  EXPECT_EQ(p.args()[0], "abc");
+  r = parse("*1\r\n$0000000000000000003\r\nabc\r\n");  // 19 digits
+  ASSERT_EQ(r.status, parse_status::error);
+  EXPECT_EQ(r.error, protocol_errc::bad_bulk_length);
+  r = parse("*1\r\n$\r\n\r\n");  // no digits
+  ASSERT_EQ(r.status, parse_status::error);
+  EXPECT_EQ(r.error, protocol_errc::bad_bulk_length);
+  r = parse("*1\r\n$3\rX");  // '\r' without '\n'
+  ASSERT_EQ(r.status, parse_status::error);
+  EXPECT_EQ(r.error, protocol_errc::bad_bulk_length);
+  r = parse("*1\r\n$3x\r\nabc\r\n");
+  ASSERT_EQ(r.status, parse_status::error);
+  EXPECT_EQ(r.error, protocol_errc::bad_bulk_length);
+  for (std::string in : {"*1\r\n$3", "*1\r\n$3\r", "*1\r\n$12345", "*1\r\n$0\r\n\r"})
+    EXPECT_EQ(parse(in).status, parse_status::incomplete) << in;
+  r = parse("*1\r\n$0\r\n\r\n");
+  ASSERT_EQ(r.status, parse_status::complete);
+  EXPECT_EQ(p.args()[0], "");
+}
+
 TEST(RespParser, NonPrintableUnexpectedByteIsEscaped) {
   request_parser p;
   std::string buf = "*1\r\n\x01";
