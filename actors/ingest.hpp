@@ -4,7 +4,8 @@
 // its ids and push one fixed-size queued_event onto a shard's lock-free queue
 // with their own producer token. Each shard is drained by one aggregator
 // actor. A producer wakes the aggregator only when it finds it asleep (one
-// CAF message per empty -> non-empty transition, never per event).
+// CAF message per empty -> non-empty transition, never per event); under
+// load it is not asleep: it lingers (shard_aggregator::linger_interval).
 //
 // Order of use: ingest_state is built by the runtime, aggregators and the
 // buffer writer are spawned with a pointer to it, producers call
@@ -81,7 +82,7 @@ struct alignas(64) producer_slot {
 
 /// Counters written by actors (few writes per interval).
 struct pipeline_counters {
-  std::atomic<uint64_t> wakeups{0};  // one per empty -> non-empty queue, never per event
+  std::atomic<uint64_t> wakeups{0};  // one per wake of a sleeping aggregator, never per event
   std::atomic<uint64_t> batches_written{0};
   std::atomic<uint64_t> batch_bytes_written{0};
   std::atomic<uint64_t> stage1_failures{0};

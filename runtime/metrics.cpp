@@ -123,7 +123,7 @@ std::string render_metrics(const metrics_snapshot& m) {
             s.events_backpressured);
   w.gauge("tally_queue_depth", "Events waiting in the aggregator shard queues (approximate).", s.queue_depth);
   w.counter("tally_aggregator_wakeups_total",
-            "Messages sent to wake an idle aggregator (one per queue going from empty to non-empty).",
+            "Messages sent to wake a sleeping aggregator (one when its queue gets an event after a turn found it empty; none while it lingers under load).",
             s.wakeups);
 
   // --- stage 1 ---
