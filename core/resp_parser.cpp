@@ -34,12 +34,12 @@ bool parse_length(const char* p, const char* end, int64_t& out) noexcept {
 /// False for anything else, which find_header and parse_length then judge
 /// (the same '\r' and value when this succeeds: no '\r' precedes it).
 bool fast_bulk_header(const char* h, size_t size, size_t& line_end, int64_t& len) noexcept {
-  const size_t limit = size < 20 ? size : 20;  // '$', 18 digits, '\r'
+  const size_t digits_end = size < 19 ? size : 19;  // '$' and at most 18 digits: no overflow
   size_t i = 1;
   int64_t v = 0;
-  for (; i < limit && h[i] >= '0' && h[i] <= '9'; ++i)
+  for (; i < digits_end && h[i] >= '0' && h[i] <= '9'; ++i)
     v = v * 10 + (h[i] - '0');
-  if (i == 1 || i == limit || h[i] != '\r' || i + 1 >= size || h[i + 1] != '\n')
+  if (i == 1 || i + 1 >= size || h[i] != '\r' || h[i + 1] != '\n')
     return false;
   line_end = i;
   len = v;

@@ -126,6 +126,13 @@ TEST(RespParser, BulkHeaderEdges) {
   r = parse("*1\r\n$0000000000000000003\r\nabc\r\n");  // 19 digits
   ASSERT_EQ(r.status, parse_status::error);
   EXPECT_EQ(r.error, protocol_errc::bad_bulk_length);
+  // Past int64: refused, never overflowed (a fuzzer found the overflow).
+  r = parse("*1\r\n$" + std::string(25, '9') + "\r\n");
+  ASSERT_EQ(r.status, parse_status::error);
+  EXPECT_EQ(r.error, protocol_errc::bad_bulk_length);
+  r = parse("*1\r\n$" + std::string(60, '9') + "\r\n");
+  ASSERT_EQ(r.status, parse_status::error);
+  EXPECT_EQ(r.error, protocol_errc::header_too_long);
   r = parse("*1\r\n$\r\n\r\n");  // no digits
   ASSERT_EQ(r.status, parse_status::error);
   EXPECT_EQ(r.error, protocol_errc::bad_bulk_length);
