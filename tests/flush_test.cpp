@@ -598,8 +598,10 @@ TEST(Flush, FailedApplyReportIsDeliveredLater) {
   ASSERT_TRUE(wait_for([&] { return contains(producer.log, "driver: recorded all"); }, 60s)) << slurp(producer.log);
   ASSERT_TRUE(wait_for([&] { return contains(a.log, "telling producers what was applied failed"); }, 60s))
     << slurp(a.log);
-  ASSERT_TRUE(wait_for([&] { return producer.stat("batches") > 0 && producer.stat("pending") == 0 && redis_drained(redis, {"a"}); }, 60s))
-    << slurp(a.log);
+  auto all_written_and_applied = [&] {
+    return producer.stat("batches") > 0 && producer.stat("pending") == 0 && redis_drained(redis, {"a"});
+  };
+  ASSERT_TRUE(wait_for(all_written_and_applied, 60s)) << slurp(a.log);
   EXPECT_FALSE(contains(producer.log, "driver: all applied")) << "the report was blocked; nothing can be confirmed yet";
   ASSERT_EQ(redis_int(redis, {"DEL", key("applied:p")}), 1);
   expect_exit_ok(producer, 90s);

@@ -150,6 +150,42 @@ std::string model_text(uint64_t i) { return "m" + std::to_string(i % 50); }
 
 } // namespace
 
+// The wake-up contract, on one thread: a producer wakes a sleeping
+// aggregator; one that found events lingers awake, so producers send
+// nothing more; the first turn that finds the queue empty goes to sleep,
+// so an idle shard is never polled. Every event lands in the map.
+TEST(IngestThreads, AggregatorLingersWhileEventsComeAndSleepsWhenIdle) {
+  ingest_state ingest(small_limits(), 1);
+  shard& home = *ingest.shards[0];
+  shard_aggregator core(ingest.cfg, home);
+  using turn = shard_aggregator::turn_result;
+  auto record_one = [&] {
+    event ev;
+    ev.id(field::key) = "k";
+    ev.spend = 1;
+    ev.ts_ms = fixed_ts;
+    ASSERT_EQ(ingest.record(ev).code, errc::ok);
+  };
+  auto wakeups = [&] { return ingest.counters.wakeups.load(); };
+  ASSERT_TRUE(home.sleeping.load());
+  record_one();
+  EXPECT_EQ(wakeups(), 1u);
+  EXPECT_EQ(core.turn(), turn::linger);
+  EXPECT_FALSE(home.sleeping.load());
+  record_one();
+  record_one();
+  EXPECT_EQ(wakeups(), 1u) << "a lingering aggregator was sent a wake-up";
+  EXPECT_EQ(core.turn(), turn::linger);
+  EXPECT_EQ(core.turn(), turn::asleep);
+  EXPECT_TRUE(home.sleeping.load());
+  record_one();
+  EXPECT_EQ(wakeups(), 2u);
+  EXPECT_EQ(core.turn(), turn::linger);
+  int64_t spend = 0;
+  core.swap()->for_each([&](const agg_key&, measure_values& m) { spend += m.spend; });
+  EXPECT_EQ(spend, 4);
+}
+
 TEST(IngestThreads, RecordSwapAndDurableTicketsExactAcrossThreads) {
   constexpr int producers = 4;
   constexpr uint64_t per_producer = 12000;
