@@ -56,6 +56,7 @@ struct writer_state {
   bool collecting = false;
   bool reclaiming = false;        // this cycle empties the id table (ingest_state::begin_reclaim)
   uint64_t reclaims_unlogged = 0;
+  uint64_t tags_overflowed_unlogged = 0;  // tag parts given overflow_ids since that line
   int64_t reclaim_logged_ms = 0;
   size_t replies_missing = 0;
   std::vector<agg_map_ptr> maps;
@@ -412,16 +413,16 @@ void finish_cycle(writer_actor* self) {
   auto& ids = st.ingest->ids;
   const auto& specs = rollup_specs();
   flat_map<row_key, measure_values> rows(UINT32_MAX / 4);
-  bool interned_all = true;
+  // Tag parts get ids here, at the cycle; when a flood of distinct tags
+  // leaves the table no room, the rest are kept aside for this cycle's rows.
+  overflow_ids overflow;
   for (size_t i = 0; i < st.maps.size(); ++i) {
     st.maps[i]->for_each([&](const agg_key& key, measure_values& m) {
-      interned_all &= fan_out(key, ids, [&](const row_key& r) { rows.find_or_insert(r, hash_of(r))->add(m); });
+      fan_out(key, ids, &overflow, [&](const row_key& r) { rows.find_or_insert(r, hash_of(r))->add(m); });
     });
     self->send(st.map_owners[i], recycle_atom::value, st.maps[i]);
   }
-  if (!interned_all)
-    TALLY_ERROR("buffer_writer", "identifier table full while splitting tags: some tag rows are missing; "
-                                 "raise intern_capacity");
+  st.tags_overflowed_unlogged += overflow.size();
   st.maps.clear();
   st.map_owners.clear();
 
@@ -443,7 +444,7 @@ void finish_cycle(writer_actor* self) {
         if (r.rollup != rollup)
           return;
         adapters::batch_row row;
-        row.keys = key_texts(r, ids);
+        row.keys = key_texts(r, ids, &overflow);
         row.values.reserve(spec.measures.size());
         for (measure ms : spec.measures)
           row.values.push_back(value_of(m, ms));
@@ -464,8 +465,10 @@ void finish_cycle(writer_actor* self) {
     if (now_ms() - st.reclaim_logged_ms >= 60'000) {
       TALLY_INFO("buffer_writer", "id table emptied to make room (" << forgotten << " of at most "
                                   << ids.limit() << " texts; " << st.reclaims_unlogged
-                                  << " time(s) since the last such line; intern_capacity sets the room)");
+                                  << " time(s) since the last such line, " << st.tags_overflowed_unlogged
+                                  << " tag part(s) kept outside it; intern_capacity sets the room)");
       st.reclaims_unlogged = 0;
+      st.tags_overflowed_unlogged = 0;
       st.reclaim_logged_ms = now_ms();
     }
   }

@@ -125,7 +125,22 @@ std::string format_minute(uint32_t unix_minute) {
   return buf;
 }
 
-std::vector<std::string> key_texts(const row_key& key, const intern_table& ids) {
+uint32_t overflow_ids::intern(std::string_view text) {
+  if (auto it = index_.find(text); it != index_.end())
+    return it->second;
+  auto id = static_cast<uint32_t>(first_id + texts_.size());
+  index_.emplace(texts_.emplace_back(text), id);
+  return id;
+}
+
+std::string_view overflow_ids::text(uint32_t id) const noexcept {
+  return owns(id) && id - first_id < texts_.size() ? std::string_view{texts_[id - first_id]} : std::string_view{};
+}
+
+std::vector<std::string> key_texts(const row_key& key, const intern_table& table, const overflow_ids* overflow) {
+  auto text = [&](uint32_t id) {
+    return overflow && overflow_ids::owns(id) ? overflow->text(id) : table.text(id);
+  };
   const rollup_spec& spec = rollup_specs()[key.rollup];
   std::vector<std::string> out;
   out.reserve(8);
@@ -136,11 +151,11 @@ std::vector<std::string> key_texts(const row_key& key, const intern_table& ids) 
   if (!spec.entities.empty()) {
     out.emplace_back(to_string(static_cast<entity>(key.entity)));
     if (spec.has_scope)
-      out.emplace_back(ids.text(key.scope));
-    out.emplace_back(ids.text(key.entity_id));
+      out.emplace_back(text(key.scope));
+    out.emplace_back(text(key.entity_id));
   }
   for (size_t d = 0; d < spec.dims.size() && d < 4; ++d)
-    out.emplace_back(ids.text(key.dims[d]));
+    out.emplace_back(text(key.dims[d]));
   return out;
 }
 

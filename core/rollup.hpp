@@ -11,10 +11,14 @@
 #pragma once
 
 #include "core/event.hpp"
+#include "core/intern_table.hpp"
 
 #include <cstdint>
+#include <deque>
 #include <string>
 #include <string_view>
+#include <unordered_map>
+#include <utility>
 #include <vector>
 
 namespace tally {
@@ -118,15 +122,41 @@ struct row_key {
 static_assert(sizeof(row_key) == 32, "row_key is packed into 32 bytes");
 inline uint64_t hash_of(const row_key& k) noexcept { return hash_key(&k, sizeof k); }
 
+/// Texts a collection cycle needs ids for when the id table has no room
+/// left (tag parts, split from lists producers interned whole). Their ids
+/// start at `first_id`, above every intern_table id (slot indexes, below
+/// 2^31), and mean something only within the cycle that made them.
+class overflow_ids {
+public:
+  static constexpr uint32_t first_id = 0x80000000u;
+  static bool owns(uint32_t id) noexcept { return id >= first_id && id != intern_table::npos; }
+
+  /// The id of `text`, adding it if new. Allocates: a path for floods only.
+  uint32_t intern(std::string_view text);
+  std::string_view text(uint32_t id) const noexcept;
+  size_t size() const noexcept { return texts_.size(); }
+
+private:
+  std::deque<std::string> texts_;  // a deque: the index's views stay valid as it grows
+  std::unordered_map<std::string_view, uint32_t> index_;
+};
+
 /// Calls emit(const row_key&) for every rollup row the fine key feeds.
-/// Tags are split on ',' and each tag interned (a tag id). Returns false if
-/// the intern table is full (nothing emitted for the failing tag).
+/// Tags are split on ',' and each tag interned (a tag id); a tag the table
+/// has no room for gets an id from `overflow`. Returns false if a tag had
+/// no id (table full and no `overflow`: nothing emitted for that tag).
 template <class Emit>
-bool fan_out(const agg_key& key, intern_table& ids, Emit&& emit);
+bool fan_out(const agg_key& key, intern_table& ids, overflow_ids* overflow, Emit&& emit);
+template <class Emit>
+bool fan_out(const agg_key& key, intern_table& ids, Emit&& emit) {
+  return fan_out(key, ids, nullptr, std::forward<Emit>(emit));
+}
 
 /// The text key columns of a row, in rollup_spec::key_columns() order. The
 /// bucket is "YYYY-MM-DD" for days and "YYYY-MM-DD HH:MM:00+00" for minutes.
-std::vector<std::string> key_texts(const row_key& key, const intern_table& ids);
+/// `overflow`: the ids fan_out took from it, if any.
+std::vector<std::string> key_texts(const row_key& key, const intern_table& ids,
+                                   const overflow_ids* overflow = nullptr);
 
 /// Formats unix days / unix minutes as above.
 std::string format_day(uint32_t unix_day);

@@ -27,7 +27,7 @@ inline void entity_ids(const agg_key& key, entity e, uint32_t& id, uint32_t& sco
 } // namespace detail
 
 template <class Emit>
-bool fan_out(const agg_key& key, intern_table& ids, Emit&& emit) {
+bool fan_out(const agg_key& key, intern_table& ids, overflow_ids* overflow, Emit&& emit) {
   // Split the tag list once; every rollup with tag rows reuses it.
   uint32_t tag_ids[max_tags];
   size_t tag_count = 0;
@@ -39,7 +39,10 @@ bool fan_out(const agg_key& key, intern_table& ids, Emit&& emit) {
       size_t comma = list.find(',', start);
       if (comma == std::string_view::npos)
         comma = list.size();
-      uint32_t id = ids.intern(list.substr(start, comma - start));
+      std::string_view part = list.substr(start, comma - start);
+      uint32_t id = ids.intern(part);
+      if (id == intern_table::npos && overflow)
+        id = overflow->intern(part);
       if (id == intern_table::npos) {
         complete = false;
       } else if (id != 0) {

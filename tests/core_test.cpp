@@ -164,6 +164,41 @@ TEST(Rollup, FanOutRowsOfOneEvent) {
   EXPECT_EQ(rows["tally_minute"], minute);
 }
 
+// With the id table full, a tag part that is not in it has no id: without
+// overflow_ids fan_out says so and emits nothing for it; with one, the part
+// gets an id outside the table's range and its rows read back as its text.
+TEST(Rollup, FanOutKeepsTagsTheFullTableHasNoRoomFor) {
+  intern_table ids(1024);
+  agg_key k{};
+  k.ids[static_cast<int>(field::key)] = ids.intern("k1");
+  k.ids[static_cast<int>(field::tags)] = ids.intern("known,new-1,new-2,new-1");
+  ASSERT_NE(ids.intern("known"), intern_table::npos);
+  for (int i = 0; ids.size() < ids.limit(); ++i)
+    ASSERT_NE(ids.intern("filler-" + std::to_string(i)), intern_table::npos);
+  ASSERT_EQ(ids.intern("new-1"), intern_table::npos);
+
+  auto tag_rows = [&](overflow_ids* overflow, bool& complete) {
+    std::set<std::vector<std::string>> out;
+    complete = fan_out(k, ids, overflow, [&](const row_key& r) {
+      if (r.rollup == 0 && r.entity == static_cast<uint8_t>(entity::tag))
+        out.insert(key_texts(r, ids, overflow));
+    });
+    return out;
+  };
+  bool complete = true;
+  EXPECT_EQ(tag_rows(nullptr, complete), (std::set<std::vector<std::string>>{{"tag", "", "known"}}));
+  EXPECT_FALSE(complete);
+
+  overflow_ids overflow;
+  EXPECT_EQ(tag_rows(&overflow, complete),
+            (std::set<std::vector<std::string>>{{"tag", "", "known"}, {"tag", "", "new-1"}, {"tag", "", "new-2"}}));
+  EXPECT_TRUE(complete);
+  EXPECT_EQ(overflow.size(), 2u) << "a repeated part is one text";
+  EXPECT_TRUE(overflow_ids::owns(overflow_ids::first_id));
+  EXPECT_FALSE(overflow_ids::owns(ids.find("known")));
+  EXPECT_FALSE(overflow_ids::owns(intern_table::npos));
+}
+
 TEST(Rollup, SpecsDescribeTheTables) {
   auto& specs = rollup_specs();
   ASSERT_EQ(specs.size(), 3u);
