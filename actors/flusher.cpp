@@ -530,7 +530,13 @@ void cycle(flusher_actor* self) {
   if (st.stopped)
     return;
   if (!st.leading) {
-    if (st.return_pending && !return_own_inflight(self))
+    bool returning = st.return_pending && !return_own_inflight(self);
+    // Batches committed under a lease this instance lost are applied
+    // whoever leads now; their producers keep them until told (or until
+    // repush_after), and nobody else knows these ids.
+    if (!st.unreported.empty())
+      report_applied(st, {});
+    if (returning || !st.unreported.empty())
       schedule(self, st.retry.next());
     return;
   }
@@ -616,6 +622,8 @@ bool final_drain(flusher_actor* self, int64_t deadline) {
     TALLY_WARN("flusher", "stop deadline passed before every batch was flushed; the rest waits in redis");
   st.leading = false;
   set_deferred_backlog(st, {});
+  if (!st.unreported.empty() && wall_ms() < deadline)
+    report_applied(st, {});  // a last try: after exit only repush_after tells the producers
   return return_own_inflight(self);
 }
 
@@ -641,7 +649,7 @@ caf::behavior flusher_behavior(flusher_actor* self, flush_context_ptr ctx, caf::
         return;
       TALLY_INFO("flusher", "not the leader any more (epoch " << s.epoch << "): flushing stops");
       stop_leading(self);
-      if (s.return_pending && !s.stopped)
+      if ((s.return_pending || !s.unreported.empty()) && !s.stopped)
         schedule(self, s.retry.next());
     },
     [=](fcycle_atom, uint64_t gen) {

@@ -614,6 +614,46 @@ TEST(Flush, FailedApplyReportIsDeliveredLater) {
   expect_postgres_equals(pg, reference(0, n));
 }
 
+// The same report, missed by a leader that then loses the lease (stopped
+// past lease_ttl while another instance takes over): only it knows which
+// ids it applied, so it tells the producers once it is running again, as a
+// follower, rather than leaving them to re-push after repush_after.
+TEST(Flush, ApplyReportMissedBeforeLosingTheLeaseIsDeliveredByTheFollower) {
+  redis_server redis;
+  postgres_server pg;
+  procs ps("flush");
+  constexpr uint64_t n = 20'000;
+  ASSERT_EQ(redis_command(redis.port(), {"SET", key("applied:p"), "not a set"}).value, "OK");
+  auto& a = ps.start("lost-a", node_args(redis.url(), pg.url(), "a"));
+  ASSERT_TRUE(wait_for([&] { return contains(a.log, "flushing as leader"); }, 60s)) << slurp(a.log);
+  auto& b = ps.start("lost-b", node_args(redis.url(), pg.url(), "b"));
+  auto args = producer_args(redis.url(), "p", 0, n);
+  args.insert(args.end(), {"--opt", "repush_after=300s", "--wait-applied-ms", "90000"});
+  auto& producer = ps.start("lost-p", args);
+  ASSERT_TRUE(wait_for([&] { return contains(producer.log, "driver: recorded all"); }, 60s)) << slurp(producer.log);
+  auto all_written_and_applied = [&] {
+    return producer.stat("batches") > 0 && producer.stat("pending") == 0 && redis_drained(redis, {"a", "b"});
+  };
+  ASSERT_TRUE(wait_for(all_written_and_applied, 60s)) << slurp(a.log);
+  ASSERT_TRUE(contains(a.log, "telling producers what was applied failed")) << slurp(a.log);
+  ASSERT_FALSE(contains(b.log, "flushing as leader")) << "a applied everything: " << slurp(b.log);
+
+  ASSERT_EQ(::kill(a.pid, SIGSTOP), 0);
+  bool b_leads = wait_for([&] { return contains(b.log, "flushing as leader"); }, 60s);
+  ASSERT_EQ(redis_int(redis, {"DEL", key("applied:p")}), 1);
+  ASSERT_EQ(::kill(a.pid, SIGCONT), 0);
+  ASSERT_TRUE(b_leads) << slurp(b.log);
+  expect_exit_ok(producer, 90s);
+  EXPECT_TRUE(contains(producer.log, "driver: all applied")) << slurp(producer.log);
+  EXPECT_FALSE(std::regex_search(slurp(producer.log), std::regex(" repushed=[1-9]"))) << slurp(producer.log);
+  EXPECT_TRUE(contains(a.log, "not the leader any more")) << slurp(a.log);
+  EXPECT_TRUE(contains(a.log, "an earlier report missed")) << slurp(a.log);
+  stop_node(a);
+  stop_node(b);
+  expect_postgres_equals(pg, reference(0, n));
+  expect_one_leader_per_epoch(pg);
+}
+
 // A leader inherits a large backlog of expired applied batch ids, and a
 // foreign session holds a lock on one of them. The flusher applies the
 // fleet's events exactly once without waiting for any of it (a prune on the
