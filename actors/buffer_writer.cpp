@@ -9,6 +9,7 @@
 #include "adapters/redis_keyspace.hpp"
 #include "core/backoff.hpp"
 #include "core/log.hpp"
+#include "core/memory_release.hpp"
 #include "core/read_cache.hpp"
 
 #include <caf/all.hpp>
@@ -408,7 +409,9 @@ void remember_for_reads(read_cache& cache, const adapters::batch& part) {
   cache.add_batch(part.id, std::move(deltas));
 }
 
-void finish_cycle(writer_actor* self) {
+/// Turns the swapped maps into rows of every rollup and those into pending
+/// batches; hands the maps back. Returns how many rows.
+size_t form_batches(writer_actor* self) {
   auto& st = self->state;
   auto& ids = st.ingest->ids;
   const auto& specs = rollup_specs();
@@ -454,6 +457,16 @@ void finish_cycle(writer_actor* self) {
     splitter.finish();
     st.ingest->counters.pending_batches.store(st.pending.size());
   }
+  return rows.size();
+}
+
+void finish_cycle(writer_actor* self) {
+  auto& st = self->state;
+  auto& ids = st.ingest->ids;
+  // Rows, their texts and the encoded batches: about 256 bytes a row. Every
+  // cycle reports, the quiet ones too, so a flood's memory goes back soon
+  // after it ends.
+  release_memory_after(form_batches(self) * 256);
   if (st.reclaiming) {
     // Every id handed out before begin_reclaim() was in the maps just
     // turned into texts: nothing refers to the table any more.

@@ -10,6 +10,7 @@
 #include "core/read_cache.hpp"
 #include "core/failpoint.hpp"
 #include "core/log.hpp"
+#include "core/memory_release.hpp"
 
 #include <caf/all.hpp>
 
@@ -70,6 +71,7 @@ struct flusher_state {
   std::map<uint32_t, source> sources;  // by database id; the active one has no own client
 
   bool leading = false;
+  size_t cycle_bytes = 0;  // what this cycle's batches took in memory, about (release_memory_after)
   uint64_t epoch = 0;
   uint64_t publish_seq = 0;  // invalidations published under `epoch`
   bool stopped = false;
@@ -274,6 +276,8 @@ cycle_result run_cycle(flusher_actor* self, source_io& io) {
     return left > 0 ? cycle_result::more : cycle_result::drained;
   TALLY_FAILPOINT("flush_after_move");  // batches in flight, no transaction yet
 
+  for (const auto& item : *items)
+    st.cycle_bytes += item.size() * 8;  // decoded, merged and staged: about 8x the batch bytes
   std::vector<adapters::batch> decoded;
   decoded.reserve(items->size());
   std::unordered_set<std::string> seen;
@@ -540,7 +544,9 @@ void cycle(flusher_actor* self) {
       schedule(self, st.retry.next());
     return;
   }
-  switch (full_cycle(self)) {
+  auto r = full_cycle(self);
+  release_memory_after(std::exchange(st.cycle_bytes, 0));
+  switch (r) {
     case cycle_result::more:
       st.retry.reset();
       schedule(self, milliseconds(0));
