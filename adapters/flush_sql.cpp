@@ -187,6 +187,13 @@ public:
 
   /// The merged rows, sorted by their key texts.
   merged_table finish() {
+    // Each structure is freed as soon as nothing needs it, so that the
+    // output (the flush's largest allocation) never coexists with all of
+    // them: the probe table and dictionaries now, the sums once copied out
+    // in order, the key numbers once turned into texts.
+    // (Assigning a new vector: `= {}` would clear and keep the capacity.)
+    slots_ = std::vector<uint32_t>();
+    dicts_ = std::vector<std::unordered_map<std::string_view, uint32_t>>();
     // rank[c][id]: the place of that text among the column's distinct
     // texts; texts_[c] is then put in that order, so texts_[c][rank] is it.
     std::vector<std::vector<uint32_t>> rank(keys_);
@@ -218,15 +225,19 @@ public:
       return false;
     });
     merged_table out(keys_, measures_);
-    out.keys.resize(rows_ * keys_);
     out.values.resize(rows_ * measures_);
+    for (size_t i = 0; i < rows_; ++i) {
+      const __int128* sum = &sums_[order[i] * measures_];
+      std::copy(sum, sum + measures_, out.values.begin() + static_cast<std::ptrdiff_t>(i * measures_));
+    }
+    sums_ = std::vector<__int128>();
+    out.keys.resize(rows_ * keys_);
     for (size_t i = 0; i < rows_; ++i) {
       const uint32_t* key = &ids_[order[i] * keys_];
       for (size_t c = 0; c < keys_; ++c)
         out.keys[i * keys_ + c] = texts_[c][key[c]];
-      const __int128* sum = &sums_[order[i] * measures_];
-      std::copy(sum, sum + measures_, out.values.begin() + static_cast<std::ptrdiff_t>(i * measures_));
     }
+    ids_ = std::vector<uint32_t>();
     return out;
   }
 

@@ -13,6 +13,8 @@
 //    3,000 generated events each (about 300,000 rows before merging, as one
 //    full flush chunk of the three-instance flush test). impl 0 = the merge
 //    before (a joined key string per row, every row copied), 1 = tally's.
+//    Counter peak_MB: the heap the merge added at its peak (operator new
+//    is counted in this binary).
 //  * BM_Decode, BM_CopyData: the steps around it on the same batches:
 //    decoding them from their stage-1 bytes, and the COPY text of the
 //    merged rows.
@@ -38,6 +40,7 @@
 #include "tests/support/workload.hpp"
 
 #include <benchmark/benchmark.h>
+#include <malloc.h>
 
 #include <algorithm>
 #include <atomic>
@@ -50,6 +53,36 @@
 
 using namespace tally;
 using namespace std::chrono_literals;
+
+// Heap bytes live and their peak, counted by the operator new below so that
+// BM_Merge can report the merge's own peak (a process-wide figure such as
+// heaptrack's is the generated batches').
+namespace heap_watch {
+std::atomic<long long> live{0}, peak{0};
+void note(long long delta) noexcept {
+  long long now = live.fetch_add(delta, std::memory_order_relaxed) + delta;
+  long long seen = peak.load(std::memory_order_relaxed);
+  while (now > seen && !peak.compare_exchange_weak(seen, now, std::memory_order_relaxed)) {
+  }
+}
+} // namespace heap_watch
+
+void* operator new(std::size_t n) {
+  void* p = std::malloc(n ? n : 1);
+  if (!p)
+    throw std::bad_alloc();
+  heap_watch::note(static_cast<long long>(malloc_usable_size(p)));
+  return p;
+}
+void operator delete(void* p) noexcept {
+  if (!p)
+    return;
+  heap_watch::note(-static_cast<long long>(malloc_usable_size(p)));
+  std::free(p);
+}
+void operator delete(void* p, std::size_t) noexcept {
+  operator delete(p);
+}
 
 namespace {
 
@@ -266,7 +299,10 @@ void BM_Merge(benchmark::State& state) {
     for (const auto& rows : out)
       merged += rows.size();
   };
+  long long peak = 0;
   for (auto _ : state) {
+    const long long before = heap_watch::live.load();
+    heap_watch::peak.store(before);
     if (now) {
       auto out = adapters::merge_batches(ptrs);
       count(out);
@@ -276,8 +312,10 @@ void BM_Merge(benchmark::State& state) {
       count(out);
       benchmark::DoNotOptimize(out);
     }
+    peak = std::max(peak, heap_watch::peak.load() - before);
   }
   state.counters["rows_in"] = static_cast<double>(in);
+  state.counters["peak_MB"] = static_cast<double>(peak) / 1e6;  // above the batches, the result included
   state.counters["rows_out"] = static_cast<double>(merged);
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * in));
 }
