@@ -1,3 +1,4 @@
+// core/memory_release.cpp — see memory_release.hpp for why and when.
 #include "core/memory_release.hpp"
 
 #include <atomic>
