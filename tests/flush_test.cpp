@@ -634,9 +634,13 @@ TEST(Flush, ApplyReportMissedBeforeLosingTheLeaseIsDeliveredByTheFollower) {
   auto all_written_and_applied = [&] {
     return producer.stat("batches") > 0 && producer.stat("pending") == 0 && redis_drained(redis, {"a", "b"});
   };
+  // The report's failure is logged after the batches leave Redis: wait for it.
+  ASSERT_TRUE(wait_for([&] { return contains(a.log, "telling producers what was applied failed"); }, 60s))
+    << slurp(a.log);
   ASSERT_TRUE(wait_for(all_written_and_applied, 60s)) << slurp(a.log);
-  ASSERT_TRUE(contains(a.log, "telling producers what was applied failed")) << slurp(a.log);
-  ASSERT_FALSE(contains(b.log, "flushing as leader")) << "a applied everything: " << slurp(b.log);
+  // a applied batches whose report failed; whatever b may have applied after
+  // taking over early on a loaded machine, a's ids reach the producer only
+  // through a.
 
   ASSERT_EQ(::kill(a.pid, SIGSTOP), 0);
   bool b_leads = wait_for([&] { return contains(b.log, "flushing as leader"); }, 60s);
@@ -647,7 +651,7 @@ TEST(Flush, ApplyReportMissedBeforeLosingTheLeaseIsDeliveredByTheFollower) {
   EXPECT_TRUE(contains(producer.log, "driver: all applied")) << slurp(producer.log);
   EXPECT_FALSE(std::regex_search(slurp(producer.log), std::regex(" repushed=[1-9]"))) << slurp(producer.log);
   EXPECT_TRUE(contains(a.log, "not the leader any more")) << slurp(a.log);
-  EXPECT_TRUE(contains(a.log, "an earlier report missed")) << slurp(a.log);
+  EXPECT_TRUE(wait_for([&] { return contains(a.log, "an earlier report missed"); }, 10s)) << slurp(a.log);
   stop_node(a);
   stop_node(b);
   expect_postgres_equals(pg, reference(0, n));
