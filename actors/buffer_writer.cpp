@@ -421,7 +421,7 @@ size_t form_batches(writer_actor* self) {
   overflow_ids overflow;
   for (size_t i = 0; i < st.maps.size(); ++i) {
     st.maps[i]->for_each([&](const agg_key& key, measure_values& m) {
-      fan_out(key, ids, &overflow, [&](const row_key& r) { rows.find_or_insert(r, hash_of(r))->add(m); });
+      fan_out(key, ids, overflow, [&](const row_key& r) { rows.find_or_insert(r, hash_of(r))->add(m); });
     });
     self->send(st.map_owners[i], recycle_atom::value, st.maps[i]);
   }
@@ -447,7 +447,7 @@ size_t form_batches(writer_actor* self) {
         if (r.rollup != rollup)
           return;
         adapters::batch_row row;
-        row.keys = key_texts(r, ids, &overflow);
+        row.keys = key_texts(r, ids, overflow);
         row.values.reserve(spec.measures.size());
         for (measure ms : spec.measures)
           row.values.push_back(value_of(m, ms));

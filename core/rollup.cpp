@@ -137,10 +137,8 @@ std::string_view overflow_ids::text(uint32_t id) const noexcept {
   return owns(id) && id - first_id < texts_.size() ? std::string_view{texts_[id - first_id]} : std::string_view{};
 }
 
-std::vector<std::string> key_texts(const row_key& key, const intern_table& table, const overflow_ids* overflow) {
-  auto text = [&](uint32_t id) {
-    return overflow && overflow_ids::owns(id) ? overflow->text(id) : table.text(id);
-  };
+std::vector<std::string> key_texts(const row_key& key, const intern_table& table, const overflow_ids& overflow) {
+  auto text = [&](uint32_t id) { return overflow_ids::owns(id) ? overflow.text(id) : table.text(id); };
   const rollup_spec& spec = rollup_specs()[key.rollup];
   std::vector<std::string> out;
   out.reserve(8);

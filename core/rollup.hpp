@@ -18,7 +18,6 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
-#include <utility>
 #include <vector>
 
 namespace tally {
@@ -143,20 +142,14 @@ private:
 
 /// Calls emit(const row_key&) for every rollup row the fine key feeds.
 /// Tags are split on ',' and each tag interned (a tag id); a tag the table
-/// has no room for gets an id from `overflow`. Returns false if a tag had
-/// no id (table full and no `overflow`: nothing emitted for that tag).
+/// has no room for gets an id from `overflow`, so every tag has its rows.
 template <class Emit>
-bool fan_out(const agg_key& key, intern_table& ids, overflow_ids* overflow, Emit&& emit);
-template <class Emit>
-bool fan_out(const agg_key& key, intern_table& ids, Emit&& emit) {
-  return fan_out(key, ids, nullptr, std::forward<Emit>(emit));
-}
+void fan_out(const agg_key& key, intern_table& ids, overflow_ids& overflow, Emit&& emit);
 
 /// The text key columns of a row, in rollup_spec::key_columns() order. The
 /// bucket is "YYYY-MM-DD" for days and "YYYY-MM-DD HH:MM:00+00" for minutes.
-/// `overflow`: the ids fan_out took from it, if any.
-std::vector<std::string> key_texts(const row_key& key, const intern_table& ids,
-                                   const overflow_ids* overflow = nullptr);
+/// `overflow`: the one fan_out gave the row's ids from.
+std::vector<std::string> key_texts(const row_key& key, const intern_table& ids, const overflow_ids& overflow);
 
 /// Formats unix days / unix minutes as above.
 std::string format_day(uint32_t unix_day);

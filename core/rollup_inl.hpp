@@ -27,11 +27,10 @@ inline void entity_ids(const agg_key& key, entity e, uint32_t& id, uint32_t& sco
 } // namespace detail
 
 template <class Emit>
-bool fan_out(const agg_key& key, intern_table& ids, overflow_ids* overflow, Emit&& emit) {
+void fan_out(const agg_key& key, intern_table& ids, overflow_ids& overflow, Emit&& emit) {
   // Split the tag list once; every rollup with tag rows reuses it.
   uint32_t tag_ids[max_tags];
   size_t tag_count = 0;
-  bool complete = true;
   if (uint32_t tags = key.ids[static_cast<int>(field::tags)]; tags != 0) {
     std::string_view list = ids.text(tags);
     size_t start = 0;
@@ -41,11 +40,9 @@ bool fan_out(const agg_key& key, intern_table& ids, overflow_ids* overflow, Emit
         comma = list.size();
       std::string_view part = list.substr(start, comma - start);
       uint32_t id = ids.intern(part);
-      if (id == intern_table::npos && overflow)
-        id = overflow->intern(part);
-      if (id == intern_table::npos) {
-        complete = false;
-      } else if (id != 0) {
+      if (id == intern_table::npos)
+        id = overflow.intern(part);
+      if (id != 0) {
         bool seen = false;  // "a,a" counts the tag once
         for (size_t i = 0; i < tag_count; ++i)
           seen |= tag_ids[i] == id;
@@ -91,7 +88,6 @@ bool fan_out(const agg_key& key, intern_table& ids, overflow_ids* overflow, Emit
       emit(row);
     }
   }
-  return complete;
 }
 
 } // namespace tally

@@ -147,9 +147,11 @@ TEST(Rollup, FanOutRowsOfOneEvent) {
   set(field::endpoint, "/chat");
   k.minute = 29'923'190;  // 2026-11-22 23:50
   std::map<std::string, std::set<std::vector<std::string>>> rows;
-  fan_out(k, ids, [&](const row_key& r) {
-    rows[rollup_specs()[r.rollup].table].insert(key_texts(r, ids));
+  overflow_ids overflow;
+  fan_out(k, ids, overflow, [&](const row_key& r) {
+    rows[rollup_specs()[r.rollup].table].insert(key_texts(r, ids, overflow));
   });
+  EXPECT_EQ(overflow.size(), 0u) << "the table had room";
   std::set<std::vector<std::string>> spend = {
     {"key", "", "k1"}, {"user", "", "u1"}, {"team", "", "t1"}, {"team_member", "t1", "u1"},
     {"tag", "", "a"}, {"tag", "", "b"}};
@@ -164,38 +166,34 @@ TEST(Rollup, FanOutRowsOfOneEvent) {
   EXPECT_EQ(rows["tally_minute"], minute);
 }
 
-// With the id table full, a tag part that is not in it has no id: without
-// overflow_ids fan_out says so and emits nothing for it; with one, the part
-// gets an id outside the table's range and its rows read back as its text.
+// With the id table full, a tag part that is not in it gets an id from
+// overflow_ids, outside the table's range, and its rows read back as its
+// text; a part the table holds keeps its table id.
 TEST(Rollup, FanOutKeepsTagsTheFullTableHasNoRoomFor) {
   intern_table ids(1024);
   agg_key k{};
   k.ids[static_cast<int>(field::key)] = ids.intern("k1");
   k.ids[static_cast<int>(field::tags)] = ids.intern("known,new-1,new-2,new-1");
-  ASSERT_NE(ids.intern("known"), intern_table::npos);
+  const uint32_t known = ids.intern("known");
+  ASSERT_NE(known, intern_table::npos);
   for (int i = 0; ids.size() < ids.limit(); ++i)
     ASSERT_NE(ids.intern("filler-" + std::to_string(i)), intern_table::npos);
   ASSERT_EQ(ids.intern("new-1"), intern_table::npos);
 
-  auto tag_rows = [&](overflow_ids* overflow, bool& complete) {
-    std::set<std::vector<std::string>> out;
-    complete = fan_out(k, ids, overflow, [&](const row_key& r) {
-      if (r.rollup == 0 && r.entity == static_cast<uint8_t>(entity::tag))
-        out.insert(key_texts(r, ids, overflow));
-    });
-    return out;
-  };
-  bool complete = true;
-  EXPECT_EQ(tag_rows(nullptr, complete), (std::set<std::vector<std::string>>{{"tag", "", "known"}}));
-  EXPECT_FALSE(complete);
-
   overflow_ids overflow;
-  EXPECT_EQ(tag_rows(&overflow, complete),
+  std::set<std::vector<std::string>> tag_rows;
+  std::set<uint32_t> tag_ids;
+  fan_out(k, ids, overflow, [&](const row_key& r) {
+    if (r.rollup == 0 && r.entity == static_cast<uint8_t>(entity::tag)) {
+      tag_rows.insert(key_texts(r, ids, overflow));
+      tag_ids.insert(r.entity_id);
+    }
+  });
+  EXPECT_EQ(tag_rows,
             (std::set<std::vector<std::string>>{{"tag", "", "known"}, {"tag", "", "new-1"}, {"tag", "", "new-2"}}));
-  EXPECT_TRUE(complete);
   EXPECT_EQ(overflow.size(), 2u) << "a repeated part is one text";
-  EXPECT_TRUE(overflow_ids::owns(overflow_ids::first_id));
-  EXPECT_FALSE(overflow_ids::owns(ids.find("known")));
+  EXPECT_EQ(tag_ids, (std::set<uint32_t>{known, overflow_ids::first_id, overflow_ids::first_id + 1}));
+  EXPECT_FALSE(overflow_ids::owns(known));
   EXPECT_FALSE(overflow_ids::owns(intern_table::npos));
 }
 
