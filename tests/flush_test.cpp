@@ -580,6 +580,44 @@ TEST(Flush, RedisLosingBatchesIsRepairedByRetention) {
   expect_postgres_equals(pg, reference(0, n));
 }
 
+namespace {
+
+// The report tests' producer "p": its applied set is blocked by a key of the
+// wrong type, and repush_after is long enough that only a report can
+// confirm its batches before it gives up waiting.
+proc& start_producer_with_blocked_reports(procs& ps, const redis_server& redis, const std::string& name, uint64_t n,
+                                          int wait_applied_ms) {
+  EXPECT_EQ(redis_command(redis.port(), {"SET", key("applied:p"), "not a set"}).value, "OK");
+  auto args = producer_args(redis.url(), "p", 0, n);
+  args.insert(args.end(), {"--opt", "repush_after=300s", "--wait-applied-ms", std::to_string(wait_applied_ms)});
+  return ps.start(name, args);
+}
+
+// Waits until `leader` failed to report applied batches and every batch of
+// `producer` has been written and taken out of Redis by `instances`. The
+// failure is logged after the batches leave Redis: wait for both.
+void wait_applied_unreported(const redis_server& redis, proc& producer, const proc& leader,
+                             const std::vector<std::string>& instances) {
+  ASSERT_TRUE(wait_for([&] { return contains(producer.log, "driver: recorded all"); }, 60s)) << slurp(producer.log);
+  ASSERT_TRUE(wait_for([&] { return contains(leader.log, "telling producers what was applied failed"); }, 60s))
+    << slurp(leader.log);
+  ASSERT_TRUE(wait_for([&] {
+    return producer.stat("batches") > 0 && producer.stat("pending") == 0 && redis_drained(redis, instances);
+  }, 60s)) << slurp(leader.log);
+}
+
+// The producer saw every batch applied, told by a report (nothing re-pushed),
+// and `leader` logged delivering what an earlier report missed.
+void expect_confirmed_by_late_report(const proc& producer, const proc& leader) {
+  expect_exit_ok(producer, 90s);
+  EXPECT_TRUE(contains(producer.log, "driver: all applied")) << slurp(producer.log);
+  EXPECT_TRUE(contains(producer.log, " repushed=0")) << slurp(producer.log);
+  EXPECT_FALSE(std::regex_search(slurp(producer.log), std::regex(" repushed=[1-9]"))) << slurp(producer.log);
+  EXPECT_TRUE(wait_for([&] { return contains(leader.log, "an earlier report missed"); }, 10s)) << slurp(leader.log);
+}
+
+} // namespace
+
 // The leader's report of applied batch ids fails (the producer's applied
 // set is, for a while, a key of the wrong type). The leader keeps the ids
 // and delivers them with a later report once the key is usable again, so
@@ -590,26 +628,12 @@ TEST(Flush, FailedApplyReportIsDeliveredLater) {
   postgres_server pg;
   procs ps("flush");
   constexpr uint64_t n = 20'000;
-  ASSERT_EQ(redis_command(redis.port(), {"SET", key("applied:p"), "not a set"}).value, "OK");
-  auto args = producer_args(redis.url(), "p", 0, n);
-  args.insert(args.end(), {"--opt", "repush_after=300s", "--wait-applied-ms", "60000"});
-  auto& producer = ps.start("report-p", args);
+  auto& producer = start_producer_with_blocked_reports(ps, redis, "report-p", n, 60000);
   auto& a = ps.start("report-a", node_args(redis.url(), pg.url(), "a"));
-  ASSERT_TRUE(wait_for([&] { return contains(producer.log, "driver: recorded all"); }, 60s)) << slurp(producer.log);
-  ASSERT_TRUE(wait_for([&] { return contains(a.log, "telling producers what was applied failed"); }, 60s))
-    << slurp(a.log);
-  auto all_written_and_applied = [&] {
-    return producer.stat("batches") > 0 && producer.stat("pending") == 0 && redis_drained(redis, {"a"});
-  };
-  ASSERT_TRUE(wait_for(all_written_and_applied, 60s)) << slurp(a.log);
+  ASSERT_NO_FATAL_FAILURE(wait_applied_unreported(redis, producer, a, {"a"}));
   EXPECT_FALSE(contains(producer.log, "driver: all applied")) << "the report was blocked; nothing can be confirmed yet";
   ASSERT_EQ(redis_int(redis, {"DEL", key("applied:p")}), 1);
-  expect_exit_ok(producer, 90s);
-  EXPECT_TRUE(contains(producer.log, "driver: all applied")) << slurp(producer.log);
-  // Confirmed by the report, not by copies of the batches.
-  EXPECT_TRUE(contains(producer.log, " repushed=0")) << slurp(producer.log);
-  EXPECT_FALSE(std::regex_search(slurp(producer.log), std::regex(" repushed=[1-9]"))) << slurp(producer.log);
-  EXPECT_TRUE(contains(a.log, "an earlier report missed")) << slurp(a.log);
+  expect_confirmed_by_late_report(producer, a);
   stop_node(a);
   expect_postgres_equals(pg, reference(0, n));
 }
@@ -623,35 +647,21 @@ TEST(Flush, ApplyReportMissedBeforeLosingTheLeaseIsDeliveredByTheFollower) {
   postgres_server pg;
   procs ps("flush");
   constexpr uint64_t n = 20'000;
-  ASSERT_EQ(redis_command(redis.port(), {"SET", key("applied:p"), "not a set"}).value, "OK");
   auto& a = ps.start("lost-a", node_args(redis.url(), pg.url(), "a"));
   ASSERT_TRUE(wait_for([&] { return contains(a.log, "flushing as leader"); }, 60s)) << slurp(a.log);
   auto& b = ps.start("lost-b", node_args(redis.url(), pg.url(), "b"));
-  auto args = producer_args(redis.url(), "p", 0, n);
-  args.insert(args.end(), {"--opt", "repush_after=300s", "--wait-applied-ms", "90000"});
-  auto& producer = ps.start("lost-p", args);
-  ASSERT_TRUE(wait_for([&] { return contains(producer.log, "driver: recorded all"); }, 60s)) << slurp(producer.log);
-  auto all_written_and_applied = [&] {
-    return producer.stat("batches") > 0 && producer.stat("pending") == 0 && redis_drained(redis, {"a", "b"});
-  };
-  // The report's failure is logged after the batches leave Redis: wait for it.
-  ASSERT_TRUE(wait_for([&] { return contains(a.log, "telling producers what was applied failed"); }, 60s))
-    << slurp(a.log);
-  ASSERT_TRUE(wait_for(all_written_and_applied, 60s)) << slurp(a.log);
-  // a applied batches whose report failed; whatever b may have applied after
-  // taking over early on a loaded machine, a's ids reach the producer only
-  // through a.
+  auto& producer = start_producer_with_blocked_reports(ps, redis, "lost-p", n, 90000);
+  // Whatever b may have applied after taking over early on a loaded
+  // machine, the ids a applied reach the producer only through a.
+  ASSERT_NO_FATAL_FAILURE(wait_applied_unreported(redis, producer, a, {"a", "b"}));
 
   ASSERT_EQ(::kill(a.pid, SIGSTOP), 0);
   bool b_leads = wait_for([&] { return contains(b.log, "flushing as leader"); }, 60s);
   ASSERT_EQ(redis_int(redis, {"DEL", key("applied:p")}), 1);
   ASSERT_EQ(::kill(a.pid, SIGCONT), 0);
   ASSERT_TRUE(b_leads) << slurp(b.log);
-  expect_exit_ok(producer, 90s);
-  EXPECT_TRUE(contains(producer.log, "driver: all applied")) << slurp(producer.log);
-  EXPECT_FALSE(std::regex_search(slurp(producer.log), std::regex(" repushed=[1-9]"))) << slurp(producer.log);
+  expect_confirmed_by_late_report(producer, a);
   EXPECT_TRUE(contains(a.log, "not the leader any more")) << slurp(a.log);
-  EXPECT_TRUE(wait_for([&] { return contains(a.log, "an earlier report missed"); }, 10s)) << slurp(a.log);
   stop_node(a);
   stop_node(b);
   expect_postgres_equals(pg, reference(0, n));
